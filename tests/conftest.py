@@ -1,0 +1,81 @@
+"""Shared fixtures: a real database (SQLite by default, PostgreSQL when TRAILMARK_TEST_POSTGRES_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from plugin.store import models
+from plugin.store.db import Store, upgrade
+
+POSTGRES_URL = os.environ.get("TRAILMARK_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Run the migrations once; each test gets a copy (SQLite) or a truncated schema (PostgreSQL)."""
+    if POSTGRES_URL:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        name = f"trailmark_test_{worker}_{uuid.uuid4().hex[:6]}"
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        base = POSTGRES_URL.rsplit("/", 1)[0]
+        url = f"{base}/{name}"
+        upgrade(url)
+        return url
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture
+def database_url(_migrated_template: str, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database for one test."""
+    if POSTGRES_URL:
+        engine = create_engine(_migrated_template)
+        tables = ", ".join(f'"{t.name}"' for t in models.Base.metadata.sorted_tables)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        yield _migrated_template
+        return
+    path = tmp_path / "trailmark.db"
+    shutil.copy(_migrated_template, path)
+    yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def district(store: Store) -> models.District:
+    """One district, the tenant most tests work in."""
+    with store.session() as session:
+        d = models.District(slug="north", name="North District", settings={}, created_at=datetime.now(UTC))
+        session.add(d)
+        session.flush()
+        session.expunge(d)
+    return d
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip PostgreSQL-only tests without a server, unless the run requires them (CI)."""
+    required = os.environ.get("TRAILMARK_REQUIRE", "").split(",")
+    for item in items:
+        if "postgres" in item.keywords and not POSTGRES_URL:
+            if "postgres" in required:
+                raise pytest.UsageError("PostgreSQL is required (TRAILMARK_REQUIRE) but TRAILMARK_TEST_POSTGRES_URL is unset")
+            item.add_marker(pytest.mark.skip(reason="set TRAILMARK_TEST_POSTGRES_URL to run"))
