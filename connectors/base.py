@@ -140,6 +140,9 @@ class Module:
     published: bool = True
     unlock_at: datetime | None = None
     status: str = ACTIVE
+    # (activity sourced id, or None for an ungraded item; requirement type; min score) per item with a
+    # completion requirement, e.g. ("812", "min_score", 8.0) or (None, "must_view", None)
+    completion_requirements: tuple[tuple[str | None, str, float | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

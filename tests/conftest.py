@@ -79,3 +79,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if "postgres" in required:
                 raise pytest.UsageError("PostgreSQL is required (TRAILMARK_REQUIRE) but TRAILMARK_TEST_POSTGRES_URL is unset")
             item.add_marker(pytest.mark.skip(reason="set TRAILMARK_TEST_POSTGRES_URL to run"))
+
+
+# --------------------------------------------------------------------------- the web app and a test platform
+
+from tests.lti_platform import TestPlatform  # noqa: E402
+
+
+@pytest.fixture
+def app_config(database_url: str, tmp_path: Path) -> dict:
+    return {
+        "mode": "local",
+        "server": {"public_url": "http://localhost", "secret_key": f"file:{tmp_path}/secret_key"},
+        "database": {"url": database_url},
+        "sandbox": {"enabled": True, "key_path": str(tmp_path / "sandbox.pem")},
+        "scheduler": {"enabled": False},
+        "districts": [{"slug": "north", "name": "North District"}],
+    }
+
+
+@pytest.fixture
+def app(app_config: dict):
+    from plugin.app import create_app
+    from plugin.cli import bootstrap
+
+    application = create_app(app_config, env={})
+    bootstrap(application)
+    yield application
+    from plugin.store.db import get_store
+
+    get_store(application).dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def lti(app):
+    """A registered LMS that signs real id_tokens with its own RSA key (its JWKS served through `responses`)."""
+    import responses as responses_lib
+
+    with responses_lib.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        platform = TestPlatform(app, mock)
+        platform.register()
+        yield platform

@@ -181,6 +181,9 @@ class Source(Base):
     paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the sync lease: one run per source at a time, across processes (taken with a conditional UPDATE)
+    lock_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -216,9 +219,13 @@ class AcademicSession(_Canonical, Base):
 
 class Course(_Canonical, Base):
     __tablename__ = "course"
-    __table_args__ = (UniqueConstraint("district_id", "sourced_id"),)
+    __table_args__ = (
+        UniqueConstraint("district_id", "sourced_id"),
+        Index("ix_course_sis_id", "district_id", "sis_id"),
+    )
     title: Mapped[str] = mapped_column(String(255))
     course_code: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sis_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # one course across sources
     org_id: Mapped[int | None] = mapped_column(ForeignKey("org.id"), nullable=True)
 
 
@@ -227,9 +234,11 @@ class Class(_Canonical, Base):
     __table_args__ = (
         UniqueConstraint("district_id", "sourced_id"),
         Index("ix_class_lti_context", "district_id", "lti_context_id"),
+        Index("ix_class_sis_id", "district_id", "sis_id"),
     )
     title: Mapped[str] = mapped_column(String(255))
     class_code: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sis_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # one class across sources
     course_id: Mapped[int | None] = mapped_column(ForeignKey("course.id"), nullable=True)
     school_id: Mapped[int | None] = mapped_column(ForeignKey("org.id"), nullable=True)
     term_id: Mapped[int | None] = mapped_column(ForeignKey("academic_session.id"), nullable=True)
@@ -238,7 +247,10 @@ class Class(_Canonical, Base):
 
 class Person(_Canonical, Base):
     __tablename__ = "person"
-    __table_args__ = (UniqueConstraint("district_id", "sourced_id"),)
+    __table_args__ = (
+        UniqueConstraint("district_id", "sourced_id"),
+        Index("ix_person_sis_id", "district_id", "sis_id"),
+    )
     role: Mapped[str] = mapped_column(String(32))
     given_name: Mapped[str] = mapped_column(String(255), default="")
     family_name: Mapped[str] = mapped_column(String(255), default="")
@@ -415,3 +427,50 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# ============================================================================ sandbox LMS
+
+
+class SandboxResourceLink(Base):
+    """A Trailmark link placed in the sandbox course (by deep linking or at seeding)."""
+
+    __tablename__ = "sandbox_resource_link"
+    id: Mapped[int] = _pk()
+    context_id: Mapped[str] = mapped_column(String(255), index=True)
+    title: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    custom: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    line_item_id: Mapped[int | None] = mapped_column(ForeignKey("sandbox_line_item.id", ondelete="SET NULL"),
+                                                     nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SandboxLineItem(Base):
+    """A gradebook column of the sandbox course (AGS line item)."""
+
+    __tablename__ = "sandbox_line_item"
+    id: Mapped[int] = _pk()
+    context_id: Mapped[str] = mapped_column(String(255), index=True)
+    label: Mapped[str] = mapped_column(String(255))
+    score_maximum: Mapped[float] = mapped_column(Float)
+    resource_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    resource_link_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    tag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SandboxScore(Base):
+    """The latest score a tool posted for one user on one sandbox line item."""
+
+    __tablename__ = "sandbox_score"
+    __table_args__ = (UniqueConstraint("line_item_id", "user_id"),)
+    id: Mapped[int] = _pk()
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("sandbox_line_item.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    score_given: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_maximum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    activity_progress: Mapped[str] = mapped_column(String(32))
+    grading_progress: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))

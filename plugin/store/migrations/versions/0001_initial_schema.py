@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 15:36:43.372810
+Create Date: 2026-11-25 15:49:36.510803
 """
 from alembic import op
 import sqlalchemy as sa
@@ -25,6 +25,20 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('slug')
     )
+    op.create_table('sandbox_line_item',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('context_id', sa.String(length=255), nullable=False),
+    sa.Column('label', sa.String(length=255), nullable=False),
+    sa.Column('score_maximum', sa.Float(), nullable=False),
+    sa.Column('resource_id', sa.String(length=255), nullable=True),
+    sa.Column('resource_link_id', sa.String(length=255), nullable=True),
+    sa.Column('tag', sa.String(length=255), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('sandbox_line_item', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sandbox_line_item_context_id'), ['context_id'], unique=False)
+
     op.create_table('tool_key',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('kid', sa.String(length=64), nullable=False),
@@ -126,6 +140,7 @@ def upgrade() -> None:
     with op.batch_alter_table('person', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_person_district_id'), ['district_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_person_email'), ['email'], unique=False)
+        batch_op.create_index('ix_person_sis_id', ['district_id', 'sis_id'], unique=False)
 
     op.create_table('platform',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -148,6 +163,34 @@ def upgrade() -> None:
     with op.batch_alter_table('platform', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_platform_district_id'), ['district_id'], unique=False)
 
+    op.create_table('sandbox_resource_link',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('context_id', sa.String(length=255), nullable=False),
+    sa.Column('title', sa.String(length=255), nullable=False),
+    sa.Column('url', sa.Text(), nullable=False),
+    sa.Column('custom', sa.JSON(), nullable=False),
+    sa.Column('line_item_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['line_item_id'], ['sandbox_line_item.id'], ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('sandbox_resource_link', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sandbox_resource_link_context_id'), ['context_id'], unique=False)
+
+    op.create_table('sandbox_score',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('line_item_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('user_id', sa.String(length=255), nullable=False),
+    sa.Column('score_given', sa.Float(), nullable=True),
+    sa.Column('score_maximum', sa.Float(), nullable=True),
+    sa.Column('activity_progress', sa.String(length=32), nullable=False),
+    sa.Column('grading_progress', sa.String(length=32), nullable=False),
+    sa.Column('comment', sa.Text(), nullable=True),
+    sa.Column('timestamp', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['line_item_id'], ['sandbox_line_item.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('line_item_id', 'user_id')
+    )
     op.create_table('source',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -158,6 +201,8 @@ def upgrade() -> None:
     sa.Column('paused_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('lock_owner', sa.String(length=128), nullable=True),
+    sa.Column('lock_expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -169,6 +214,7 @@ def upgrade() -> None:
     op.create_table('course',
     sa.Column('title', sa.String(length=255), nullable=False),
     sa.Column('course_code', sa.String(length=255), nullable=True),
+    sa.Column('sis_id', sa.String(length=255), nullable=True),
     sa.Column('org_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -182,6 +228,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('course', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_course_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_course_sis_id', ['district_id', 'sis_id'], unique=False)
 
     op.create_table('deployment',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -313,6 +360,7 @@ def upgrade() -> None:
     op.create_table('class',
     sa.Column('title', sa.String(length=255), nullable=False),
     sa.Column('class_code', sa.String(length=255), nullable=True),
+    sa.Column('sis_id', sa.String(length=255), nullable=True),
     sa.Column('course_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('school_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('term_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -332,6 +380,7 @@ def upgrade() -> None:
     with op.batch_alter_table('class', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_class_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_class_lti_context', ['district_id', 'lti_context_id'], unique=False)
+        batch_op.create_index('ix_class_sis_id', ['district_id', 'sis_id'], unique=False)
 
     op.create_table('app_session',
     sa.Column('id', sa.String(length=64), nullable=False),
@@ -534,6 +583,7 @@ def downgrade() -> None:
 
     op.drop_table('app_session')
     with op.batch_alter_table('class', schema=None) as batch_op:
+        batch_op.drop_index('ix_class_sis_id')
         batch_op.drop_index('ix_class_lti_context')
         batch_op.drop_index(batch_op.f('ix_class_district_id'))
 
@@ -572,6 +622,7 @@ def downgrade() -> None:
 
     op.drop_table('deployment')
     with op.batch_alter_table('course', schema=None) as batch_op:
+        batch_op.drop_index('ix_course_sis_id')
         batch_op.drop_index(batch_op.f('ix_course_district_id'))
 
     op.drop_table('course')
@@ -579,11 +630,17 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_source_district_id'))
 
     op.drop_table('source')
+    op.drop_table('sandbox_score')
+    with op.batch_alter_table('sandbox_resource_link', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sandbox_resource_link_context_id'))
+
+    op.drop_table('sandbox_resource_link')
     with op.batch_alter_table('platform', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_platform_district_id'))
 
     op.drop_table('platform')
     with op.batch_alter_table('person', schema=None) as batch_op:
+        batch_op.drop_index('ix_person_sis_id')
         batch_op.drop_index(batch_op.f('ix_person_email'))
         batch_op.drop_index(batch_op.f('ix_person_district_id'))
 
@@ -606,5 +663,9 @@ def downgrade() -> None:
 
     op.drop_table('academic_session')
     op.drop_table('tool_key')
+    with op.batch_alter_table('sandbox_line_item', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sandbox_line_item_context_id'))
+
+    op.drop_table('sandbox_line_item')
     op.drop_table('district')
     # ### end Alembic commands ###
