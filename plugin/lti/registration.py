@@ -155,17 +155,17 @@ def _get_json(http: requests.Session, method: str, url: str, *, token: str | Non
         resp = http.request(method, url, json=body, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise LtiError("registration_platform_unreachable", f"Could not reach the platform's {what} at {url} "
-                       f"({type(exc).__name__}).", status=502) from None
+                       f"({type(exc).__name__}).", status=400) from None
     if resp.status_code >= 400:
         detail = resp.text[:300].replace("\n", " ")
         raise LtiError("registration_refused", f"The platform's {what} answered HTTP {resp.status_code}: {detail}",
-                       status=502)
+                       status=400)
     if len(resp.content) > MAX_DOCUMENT:
-        raise LtiError("registration_invalid_platform", f"The platform's {what} is too large.", status=502)
+        raise LtiError("registration_invalid_platform", f"The platform's {what} is too large.", status=400)
     try:
         return resp.json()
     except ValueError:
-        raise LtiError("registration_invalid_platform", f"The platform's {what} is not JSON.", status=502) from None
+        raise LtiError("registration_invalid_platform", f"The platform's {what} is not JSON.", status=400) from None
 
 
 def load_openid_configuration(http: requests.Session, req: RegistrationRequest, *, allow_http_loopback: bool,

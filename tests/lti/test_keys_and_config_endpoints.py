@@ -1,0 +1,62 @@
+"""JWKS publication and rotation, the Canvas developer-key JSON, health."""
+
+from __future__ import annotations
+
+
+def test_jwks_publishes_active_key(client):
+    data = client.get("/lti/jwks").get_json()
+    assert len(data["keys"]) == 1
+    key = data["keys"][0]
+    assert key["kty"] == "RSA" and key["alg"] == "RS256" and key["kid"]
+    assert "d" not in key and "p" not in key  # never the private parts
+
+
+def test_rotated_key_stays_published_until_retired(client, runner):
+    old = client.get("/lti/jwks").get_json()["keys"][0]["kid"]
+    out = runner.invoke(args=["keys", "rotate"])
+    assert out.exit_code == 0 and old in out.output
+    kids = [k["kid"] for k in client.get("/lti/jwks").get_json()["keys"]]
+    assert old in kids and len(kids) == 2
+    refused = runner.invoke(args=["keys", "retire", kids[-1]])
+    assert refused.exit_code != 0 and "active signing key" in refused.output
+    assert runner.invoke(args=["keys", "retire", old]).exit_code == 0
+    assert [k["kid"] for k in client.get("/lti/jwks").get_json()["keys"]] == [kids[-1]]
+    listing = runner.invoke(args=["keys", "list"]).output
+    assert "retired" in listing and "active" in listing
+
+
+def test_deep_link_responses_are_signed_with_the_new_key_after_rotation(app, runner):
+    from plugin.lti import keys
+    from plugin.store.db import get_store
+
+    runner.invoke(args=["keys", "rotate"])
+    with get_store(app).session() as s:
+        signing = keys.signing_key(s)
+        active = [k["kid"] for k in keys.jwks(s)["keys"]][-1]
+    assert signing.kid == active
+
+
+def test_canvas_developer_key_json(client):
+    data = client.get("/lti/config/canvas.json").get_json()
+    assert data["oidc_initiation_url"] == "http://localhost/lti/login"
+    assert data["target_link_uri"] == "http://localhost/lti/launch"
+    assert data["public_jwk_url"] == "http://localhost/lti/jwks"
+    ext = data["extensions"][0]
+    assert ext["platform"] == "canvas.instructure.com" and ext["privacy_level"] == "public"
+    placements = {p["placement"]: p["message_type"] for p in ext["settings"]["placements"]}
+    assert placements["course_navigation"] == "LtiResourceLinkRequest"
+    assert placements["link_selection"] == "LtiDeepLinkingRequest"
+    assert "https://purl.imsglobal.org/spec/lti-ags/scope/score" in data["scopes"]
+
+
+def test_healthz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_pages_send_no_referrer(client):
+    assert client.get("/sandbox").headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_unknown_page_is_a_friendly_404(client):
+    resp = client.get("/nowhere")
+    assert resp.status_code == 404 and "no page at this address" in resp.get_data(as_text=True)
