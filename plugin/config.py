@@ -89,6 +89,11 @@ class ServerSchema(Schema):
     trust_proxy = fields.Boolean(load_default=False)
     secret_key = _SecretRef(load_default="file:var/secret_key")
     workers = fields.Integer(load_default=2, validate=validate.Range(1, 64))
+    threads = fields.Integer(load_default=1, validate=validate.Range(1, 64))
+    timeout_seconds = fields.Integer(load_default=30, validate=validate.Range(5, 3600))
+    graceful_timeout_seconds = fields.Integer(load_default=30, validate=validate.Range(1, 3600))
+    access_log = fields.String(load_default="off", validate=validate.OneOf(["off", "json"]))
+    worker_header = fields.Boolean(load_default=False)
     log_level = fields.String(load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
 
 
@@ -98,6 +103,16 @@ class DatabaseSchema(Schema):
 
     url = fields.String(load_default="sqlite:///var/trailmark.db")
     pool_size = fields.Integer(load_default=5, validate=validate.Range(1, 200))
+
+
+class RedisSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    url = fields.String(load_default="")
+    password = _SecretRef(load_default=None, allow_none=True)
+    key_prefix = fields.String(load_default="trailmark:", validate=validate.Length(max=64))
+    timeout_seconds = fields.Float(load_default=0.5, validate=validate.Range(0.05, 30))
 
 
 class LtiSchema(Schema):
@@ -129,6 +144,27 @@ class SchedulerSchema(Schema):
 
     enabled = fields.Boolean(load_default=True)
     outbox_seconds = fields.Integer(load_default=30, validate=validate.Range(1, 3600))
+    leader_lock_id = fields.Integer(load_default=7_413_921_001, validate=validate.Range(1, 2**63 - 1))
+    heartbeat_seconds = fields.Integer(load_default=5, validate=validate.Range(1, 12))
+
+
+class MailSchema(Schema):
+    """Outgoing mail: parents' sign-in links and the weekly digest."""
+
+    class Meta:
+        unknown = RAISE
+
+    enabled = fields.Boolean(load_default=False)
+    smtp_host = fields.String(load_default="127.0.0.1")
+    smtp_port = fields.Integer(load_default=25, validate=validate.Range(1, 65535))
+    security = fields.String(load_default="none", validate=validate.OneOf(["none", "starttls", "tls"]))
+    username = fields.String(load_default=None, allow_none=True)
+    password = _SecretRef(load_default=None, allow_none=True)
+    from_address = fields.Email(load_default="trailmark@localhost.localdomain")
+    timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(0.5, 120))
+    signin_minutes = fields.Integer(load_default=30, validate=validate.Range(5, 24 * 60))
+    digest_weekday = fields.String(load_default="fri", validate=validate.OneOf(
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]))
 
 
 class DistrictSchema(Schema):
@@ -188,9 +224,11 @@ class ConfigSchema(Schema):
     mode = fields.String(load_default="local", validate=validate.OneOf(["local", "production"]))
     server = fields.Nested(ServerSchema, load_default=dict)
     database = fields.Nested(DatabaseSchema, load_default=dict)
+    redis = fields.Nested(RedisSchema, load_default=lambda: RedisSchema().load({}))
     lti = fields.Nested(LtiSchema, load_default=dict)
     sandbox = fields.Nested(SandboxSchema, load_default=dict)
     scheduler = fields.Nested(SchedulerSchema, load_default=dict)
+    mail = fields.Nested(MailSchema, load_default=dict)
     districts = fields.List(fields.Nested(DistrictSchema), load_default=list)
     platforms = fields.List(fields.Nested(PlatformSchema), load_default=list)
     sources = fields.List(fields.Dict(), load_default=list)
@@ -208,6 +246,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TRAILMARK_WORKERS": ("server", "workers"),
     "TRAILMARK_LOG_LEVEL": ("server", "log_level"),
     "DATABASE_URL": ("database", "url"),
+    "TRAILMARK_REDIS_URL": ("redis", "url"),
     "TRAILMARK_SANDBOX": ("sandbox", "enabled"),
     "TRAILMARK_SCHEDULER": ("scheduler", "enabled"),
 }
@@ -299,6 +338,7 @@ def validate_config(raw: Mapping[str, Any], *, origin: str = "configuration") ->
         problems.append(f"  server.public_url: expected an http(s) URL like https://trailmark.example.org (got {url!r})")
     if cfg["mode"] == "production" and url and not url.startswith("https://"):
         problems.append("  server.public_url: production needs https (LTI cookies must be Secure)")
+    problems.extend(_redis_problems(cfg["redis"]))
     if problems:
         raise ConfigError(f"{origin} is invalid:\n" + "\n".join(problems))
     cfg["sources"] = sources
@@ -310,6 +350,18 @@ def validate_config(raw: Mapping[str, Any], *, origin: str = "configuration") ->
 
 
 SECRET_KEYS_SUFFIXES = tuple(f".{k}" for k in SECRET_KEYS)
+
+
+def _redis_problems(redis_cfg: Mapping[str, Any]) -> list[str]:
+    url = redis_cfg["url"]
+    if not url:
+        return []
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return [f"  redis.url: expected redis://host:6379/0, rediss://… or unix:///path (got {url!r})"]
+    if parts.password:
+        return ["  redis.url: put the password in redis.password as env:NAME or file:PATH, not in the URL"]
+    return []
 
 
 def _coerce_env(value: str) -> Any:

@@ -9,14 +9,18 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, url_for
+from sqlalchemy import select
 
+from plugin import signin as signin_mod
 from plugin.lti import keys as tool_keys
 from plugin.lti.deeplink import build_response, placements_for
 from plugin.lti.roles import ADMIN, PARENT, STUDENT, TEACHER
-from plugin.lti.sessions import check_csrf, load_session
+from plugin.lti.sessions import check_csrf, create_session, load_session
+from plugin.mail import MailError
+from plugin.mail import send as send_mail
 from plugin.store import queries
 from plugin.store.db import get_session
-from plugin.store.models import AppSession, AuditEvent, Person
+from plugin.store.models import AppSession, AuditEvent, District, Person
 
 bp = Blueprint("panels", __name__, url_prefix="/p")
 log = logging.getLogger("trailmark.panels")
@@ -164,6 +168,55 @@ def parent() -> str:
     if chosen is not None:
         _audit("view_student_profile", f"person:{chosen.id}", view=row.view)
     return render_template("panels/parent.html", me=_me(), children=children, child=chosen, classes=classes)
+
+
+@bp.route("/signin/<district_slug>", methods=["GET", "POST"])
+def signin(district_slug: str) -> Any:
+    """Parents ask for an emailed sign-in link with the address the school has on file."""
+    session = get_session()
+    district = session.scalars(select(District).where(District.slug == district_slug)).first()
+    if district is None:
+        abort(404)
+    if request.method == "GET":
+        return render_template("panels/signin.html", district=district, sent=False)
+    email = (request.form.get("email") or "").strip()
+    if not email or "@" not in email or len(email) > 254:
+        return render_template("panels/signin.html", district=district, sent=False,
+                               error="Enter the email address the school has for you."), 400
+    mail_cfg = current_app.config["TRAILMARK"]["mail"]
+    now = datetime.now(UTC)
+    person = signin_mod.find_guardian(session, district, email)
+    token = signin_mod.issue_link(session, person, minutes=mail_cfg["signin_minutes"], now=now) if person else None
+    if person is not None and token is not None:
+        session.commit()
+        url = f"{current_app.config['BASE_URL']}{url_for('panels.signin_link', token=token)}"
+        try:
+            send_mail(mail_cfg, to=person.email or email, subject="Your Trailmark sign-in link",
+                      text=signin_mod.signin_text(name=person.display_name, url=url,
+                                                  minutes=mail_cfg["signin_minutes"]))
+        except MailError as exc:
+            log.error("signin.mail_failed district=%s: %s", district.slug, exc)
+    return render_template("panels/signin.html", district=district, sent=True)
+
+
+@bp.get("/signin/link/<token>")
+def signin_link(token: str) -> Any:
+    session = get_session()
+    now = datetime.now(UTC)
+    person = signin_mod.redeem_link(session, token, now)
+    if person is None:
+        return render_template("error.html", title="This sign-in link no longer works",
+                               message="Sign-in links work once and expire. Ask for a new one from the sign-in page.",
+                               reason="signin_link_invalid", hint=None, status=410), 410
+    minutes = current_app.config["TRAILMARK"]["lti"]["session_minutes"]
+    ticket, _row = create_session(session, district_id=person.district_id, user_sub=f"email:{person.id}",
+                                  view=PARENT, roles=[], platform_id=None, deployment_id=None, context_id=None,
+                                  person_id=person.id, class_id=None, claims={"signed_in_by": "email"},
+                                  minutes=minutes, now=now)
+    session.add(AuditEvent(district_id=person.district_id, at=now, actor=f"person:{person.id}",
+                           action="sign_in_by_email", subject=f"person:{person.id}", detail={}))
+    session.commit()
+    return redirect(url_for("panels.parent", ltik=ticket))
 
 
 @bp.get("/admin")

@@ -38,8 +38,9 @@ def _pk() -> Mapped[int]:
     return mapped_column(PK, primary_key=True, autoincrement=True)
 
 
-def _district() -> Mapped[int]:
-    return mapped_column(ForeignKey("district.id", ondelete="CASCADE"), index=True)
+def _district(*, index: bool = True) -> Mapped[int]:
+    """The owning district; ``index=False`` where a composite index already leads with it."""
+    return mapped_column(ForeignKey("district.id", ondelete="CASCADE"), index=index)
 
 
 # ============================================================================ tenancy & LTI
@@ -191,7 +192,7 @@ class _Canonical:
     """Columns shared by canonical rows."""
 
     id: Mapped[int] = _pk()
-    district_id: Mapped[int] = _district()
+    district_id: Mapped[int] = _district(index=False)  # led by unique (district_id, sourced_id)
     sourced_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | tobedeleted
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -273,7 +274,7 @@ class ExternalRef(Base):
         Index("ix_external_ref_entity", "kind", "entity_id"),
     )
     id: Mapped[int] = _pk()
-    district_id: Mapped[int] = _district()
+    district_id: Mapped[int] = _district(index=False)  # led by the unique key
     kind: Mapped[str] = mapped_column(String(32))
     namespace: Mapped[str] = mapped_column(String(96))
     external_id: Mapped[str] = mapped_column(String(255))
@@ -474,3 +475,15 @@ class SandboxScore(Base):
     grading_progress: Mapped[str] = mapped_column(String(32))
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SignInLink(Base):
+    """An emailed, expiring, single-use sign-in link (parents whose LMS sends no Mentor launch)."""
+
+    __tablename__ = "sign_in_link"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token in the link
+    district_id: Mapped[int] = _district()
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

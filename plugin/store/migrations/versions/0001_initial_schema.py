@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 15:49:36.510803
+Create Date: 2026-11-25 16:17:02.391463
 """
 from alembic import op
 import sqlalchemy as sa
@@ -67,9 +67,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
-    with op.batch_alter_table('academic_session', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_academic_session_district_id'), ['district_id'], unique=False)
-
     op.create_table('audit_event',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -99,7 +96,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('district_id', 'kind', 'namespace', 'external_id')
     )
     with op.batch_alter_table('external_ref', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_external_ref_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_external_ref_entity', ['kind', 'entity_id'], unique=False)
 
     op.create_table('org',
@@ -117,9 +113,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
-    with op.batch_alter_table('org', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_org_district_id'), ['district_id'], unique=False)
-
     op.create_table('person',
     sa.Column('role', sa.String(length=32), nullable=False),
     sa.Column('given_name', sa.String(length=255), nullable=False),
@@ -138,7 +131,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
     with op.batch_alter_table('person', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_person_district_id'), ['district_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_person_email'), ['email'], unique=False)
         batch_op.create_index('ix_person_sis_id', ['district_id', 'sis_id'], unique=False)
 
@@ -227,7 +219,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
     with op.batch_alter_table('course', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_course_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_course_sis_id', ['district_id', 'sis_id'], unique=False)
 
     op.create_table('deployment',
@@ -258,7 +249,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
     with op.batch_alter_table('guardian_link', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_guardian_link_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_guardian_link_guardian', ['guardian_id'], unique=False)
         batch_op.create_index('ix_guardian_link_student', ['student_id'], unique=False)
 
@@ -327,6 +317,21 @@ def upgrade() -> None:
     with op.batch_alter_table('registration_invite', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_registration_invite_district_id'), ['district_id'], unique=False)
 
+    op.create_table('sign_in_link',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('sign_in_link', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sign_in_link_district_id'), ['district_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sign_in_link_person_id'), ['person_id'], unique=False)
+
     op.create_table('sync_run',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -378,7 +383,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
     with op.batch_alter_table('class', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_class_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_class_lti_context', ['district_id', 'lti_context_id'], unique=False)
         batch_op.create_index('ix_class_sis_id', ['district_id', 'sis_id'], unique=False)
 
@@ -426,9 +430,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
-    with op.batch_alter_table('competency', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_competency_district_id'), ['district_id'], unique=False)
-
     op.create_table('enrollment',
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -449,7 +450,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('enrollment', schema=None) as batch_op:
         batch_op.create_index('ix_enrollment_class', ['class_id', 'role'], unique=False)
-        batch_op.create_index(batch_op.f('ix_enrollment_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_enrollment_person', ['person_id'], unique=False)
 
     op.create_table('module',
@@ -470,7 +470,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('module', schema=None) as batch_op:
         batch_op.create_index('ix_module_class', ['class_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_module_district_id'), ['district_id'], unique=False)
 
     op.create_table('activity',
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -492,7 +491,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('activity', schema=None) as batch_op:
         batch_op.create_index('ix_activity_class', ['class_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_activity_district_id'), ['district_id'], unique=False)
 
     op.create_table('alignment',
     sa.Column('activity_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -511,7 +509,6 @@ def upgrade() -> None:
     with op.batch_alter_table('alignment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alignment_activity_id'), ['activity_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_alignment_competency_id'), ['competency_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_alignment_district_id'), ['district_id'], unique=False)
 
     op.create_table('result',
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -537,7 +534,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('result', schema=None) as batch_op:
         batch_op.create_index('ix_result_activity', ['activity_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_result_district_id'), ['district_id'], unique=False)
         batch_op.create_index('ix_result_person', ['person_id'], unique=False)
 
     # ### end Alembic commands ###
@@ -547,35 +543,27 @@ def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
     with op.batch_alter_table('result', schema=None) as batch_op:
         batch_op.drop_index('ix_result_person')
-        batch_op.drop_index(batch_op.f('ix_result_district_id'))
         batch_op.drop_index('ix_result_activity')
 
     op.drop_table('result')
     with op.batch_alter_table('alignment', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_alignment_district_id'))
         batch_op.drop_index(batch_op.f('ix_alignment_competency_id'))
         batch_op.drop_index(batch_op.f('ix_alignment_activity_id'))
 
     op.drop_table('alignment')
     with op.batch_alter_table('activity', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_activity_district_id'))
         batch_op.drop_index('ix_activity_class')
 
     op.drop_table('activity')
     with op.batch_alter_table('module', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_module_district_id'))
         batch_op.drop_index('ix_module_class')
 
     op.drop_table('module')
     with op.batch_alter_table('enrollment', schema=None) as batch_op:
         batch_op.drop_index('ix_enrollment_person')
-        batch_op.drop_index(batch_op.f('ix_enrollment_district_id'))
         batch_op.drop_index('ix_enrollment_class')
 
     op.drop_table('enrollment')
-    with op.batch_alter_table('competency', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_competency_district_id'))
-
     op.drop_table('competency')
     with op.batch_alter_table('app_session', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_app_session_expires_at'))
@@ -585,7 +573,6 @@ def downgrade() -> None:
     with op.batch_alter_table('class', schema=None) as batch_op:
         batch_op.drop_index('ix_class_sis_id')
         batch_op.drop_index('ix_class_lti_context')
-        batch_op.drop_index(batch_op.f('ix_class_district_id'))
 
     op.drop_table('class')
     with op.batch_alter_table('used_nonce', schema=None) as batch_op:
@@ -597,6 +584,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_sync_run_district_id'))
 
     op.drop_table('sync_run')
+    with op.batch_alter_table('sign_in_link', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sign_in_link_person_id'))
+        batch_op.drop_index(batch_op.f('ix_sign_in_link_district_id'))
+
+    op.drop_table('sign_in_link')
     with op.batch_alter_table('registration_invite', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_registration_invite_district_id'))
 
@@ -614,7 +606,6 @@ def downgrade() -> None:
     with op.batch_alter_table('guardian_link', schema=None) as batch_op:
         batch_op.drop_index('ix_guardian_link_student')
         batch_op.drop_index('ix_guardian_link_guardian')
-        batch_op.drop_index(batch_op.f('ix_guardian_link_district_id'))
 
     op.drop_table('guardian_link')
     with op.batch_alter_table('deployment', schema=None) as batch_op:
@@ -623,7 +614,6 @@ def downgrade() -> None:
     op.drop_table('deployment')
     with op.batch_alter_table('course', schema=None) as batch_op:
         batch_op.drop_index('ix_course_sis_id')
-        batch_op.drop_index(batch_op.f('ix_course_district_id'))
 
     op.drop_table('course')
     with op.batch_alter_table('source', schema=None) as batch_op:
@@ -642,25 +632,17 @@ def downgrade() -> None:
     with op.batch_alter_table('person', schema=None) as batch_op:
         batch_op.drop_index('ix_person_sis_id')
         batch_op.drop_index(batch_op.f('ix_person_email'))
-        batch_op.drop_index(batch_op.f('ix_person_district_id'))
 
     op.drop_table('person')
-    with op.batch_alter_table('org', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_org_district_id'))
-
     op.drop_table('org')
     with op.batch_alter_table('external_ref', schema=None) as batch_op:
         batch_op.drop_index('ix_external_ref_entity')
-        batch_op.drop_index(batch_op.f('ix_external_ref_district_id'))
 
     op.drop_table('external_ref')
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_district_time')
 
     op.drop_table('audit_event')
-    with op.batch_alter_table('academic_session', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_academic_session_district_id'))
-
     op.drop_table('academic_session')
     op.drop_table('tool_key')
     with op.batch_alter_table('sandbox_line_item', schema=None) as batch_op:
