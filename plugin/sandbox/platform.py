@@ -174,14 +174,18 @@ def ensure_sandbox(session: Session, app: Flask) -> Platform:
         auth_login_url=f"{base}/sandbox/auth", auth_token_url=f"{base}/sandbox/token",
         key_set_url=f"{base}/sandbox/jwks", name="Sandbox LMS", product_family="sandbox",
         registered_via="sandbox", now=now)
-    _seed(session, district, platform, now)
+    if _seed(session, district, platform, now):
+        from plugin.progress import recompute
+
+        recompute(session, district.id, now=now)
     return platform
 
 
-def _seed(session: Session, district: District, platform: Platform, now: datetime) -> None:
+def _seed(session: Session, district: District, platform: Platform, now: datetime) -> bool:
+    """Create the sample class once; True when it was created now."""
     if session.scalars(select(Class.id).where(Class.district_id == district.id,
                                               Class.sourced_id == CONTEXT_ID)).first() is not None:
-        return
+        return False
     d = district.id
     today = now.date()
     start = today - timedelta(days=28)
@@ -226,11 +230,14 @@ def _seed(session: Session, district: District, platform: Platform, now: datetim
                                      relation="parent", status="active", updated_at=now))
     students = [u for u in USERS if u.role == "student"]
     rng = _Rng(7)
+    previous: Module | None = None
     for position, (title, outcomes) in enumerate(MODULES, start=1):
         module = Module(district_id=d, class_id=klass.id, sourced_id=f"sandbox-module-{position}", title=title,
-                        position=position, prerequisite_ids=[], published=True, status="active", updated_at=now)
+                        position=position, prerequisite_ids=[previous.id] if previous else [], published=True,
+                        status="active", updated_at=now)
         session.add(module)
         session.flush()
+        previous = module
         for j, outcome in enumerate(outcomes, start=1):
             comp = Competency(district_id=d, class_id=klass.id, sourced_id=f"sandbox-comp-{position}-{j}",
                               title=outcome, points_possible=4.0, mastery_points=3.0,
@@ -257,6 +264,7 @@ def _seed(session: Session, district: District, platform: Platform, now: datetim
                                                               datetime.min.time(), UTC),
                                    status="active", updated_at=now))
     session.flush()
+    return True
 
 
 class _Rng:

@@ -487,3 +487,183 @@ class SignInLink(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# ============================================================================ learning state
+
+
+class MasteryRecord(Base):
+    """A student's current score on a competency in a class (recomputed after every sync and score)."""
+
+    __tablename__ = "mastery"
+    __table_args__ = (UniqueConstraint("class_id", "person_id", "competency_id"),
+                      Index("ix_mastery_person", "person_id"))
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    competency_id: Mapped[int] = mapped_column(ForeignKey("competency.id", ondelete="CASCADE"))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    evidence_count: Mapped[int] = mapped_column(Integer, default=0)
+    mastered: Mapped[bool] = mapped_column(Boolean, default=False)
+    level: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GateRecord(Base):
+    """Whether a module is open for a student, why, and when it first opened."""
+
+    __tablename__ = "gate_state"
+    __table_args__ = (UniqueConstraint("person_id", "module_id"), Index("ix_gate_class", "class_id"))
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    module_id: Mapped[int] = mapped_column(ForeignKey("module.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # locked | open | complete
+    reason: Mapped[str] = mapped_column(String(32))
+    missing: Mapped[list[Any]] = mapped_column(default=list)
+    opened_by_mastery: Mapped[bool] = mapped_column(Boolean, default=False)
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    completed_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GateOverrideRecord(Base):
+    """A teacher's decision about one student's module: shown mastery another way, accommodation, or closed."""
+
+    __tablename__ = "gate_override"
+    __table_args__ = (Index("ix_gate_override_class", "class_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    module_id: Mapped[int] = mapped_column(ForeignKey("module.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text, default="")
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PacePlanRecord(Base):
+    """A class's pace plan: term dates and the teacher's edits to module due dates (evenly spread otherwise)."""
+
+    __tablename__ = "pace_plan"
+    __table_args__ = (UniqueConstraint("class_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    start_date: Mapped[date | None] = mapped_column(Date, nullable=True)  # None: the term's dates
+    end_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    due_edits: Mapped[dict[str, Any]] = mapped_column(default=dict)  # module id → ISO date
+    skip_weekends: Mapped[bool] = mapped_column(Boolean, default=True)
+    skip_dates: Mapped[list[Any]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"), nullable=True)
+
+
+class AccommodationRecord(Base):
+    """Per-student pace accommodation (extended dates)."""
+
+    __tablename__ = "pace_accommodation"
+    __table_args__ = (UniqueConstraint("class_id", "person_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    extra_days: Mapped[int] = mapped_column(Integer, default=0)
+    factor: Mapped[float] = mapped_column(Float, default=1.0)
+    note: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PaceRecord(Base):
+    """A student's pace in a class against the minimum-pace line."""
+
+    __tablename__ = "pace_status"
+    __table_args__ = (UniqueConstraint("class_id", "person_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16))  # on_track | behind | ahead | …
+    phase: Mapped[str] = mapped_column(String(16))
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    expected: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    modules_behind: Mapped[int] = mapped_column(Integer, default=0)
+    days_behind: Mapped[int] = mapped_column(Integer, default=0)
+    modules_ahead: Mapped[int] = mapped_column(Integer, default=0)
+    days_ahead: Mapped[int] = mapped_column(Integer, default=0)
+    next_due: Mapped[date | None] = mapped_column(Date, nullable=True)
+    projected_finish: Mapped[date | None] = mapped_column(Date, nullable=True)
+    accommodated: Mapped[bool] = mapped_column(Boolean, default=False)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertRecord(Base):
+    """A pace or mastery alert: one open alert per (student, class, kind), escalating, resolved when cleared."""
+
+    __tablename__ = "alert"
+    __table_args__ = (Index("ix_alert_open", "class_id", "resolved_at"), Index("ix_alert_person", "person_id"))
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    level: Mapped[int] = mapped_column(Integer, default=1)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    notified_level: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProfileEntryRecord(Base):
+    """What a student (or a teacher with them) writes in the profile: interests, aspirations, goals, notes."""
+
+    __tablename__ = "profile_entry"
+    __table_args__ = (Index("ix_profile_entry_person", "person_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # interest | aspiration | goal | strength | weakness | note
+    text: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"), nullable=True)
+    author_role: Mapped[str] = mapped_column(String(16))
+    target_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    competency_id: Mapped[int | None] = mapped_column(ForeignKey("competency.id", ondelete="SET NULL"),
+                                                      nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProfileSnapshotRecord(Base):
+    """The learner profile as it stood on one day (one row per student, class and day): growth over a term."""
+
+    __tablename__ = "profile_snapshot"
+    __table_args__ = (UniqueConstraint("class_id", "person_id", "taken_on"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    taken_on: Mapped[date] = mapped_column(Date)
+    data: Mapped[dict[str, Any]] = mapped_column()
+
+
+class CheckPostRecord(Base):
+    """The last mastery-check score queued for a student, so a gate is never re-posted or lowered by mistake."""
+
+    __tablename__ = "check_post"
+    __table_args__ = (UniqueConstraint("person_id", "activity_id"), Index("ix_check_post_class", "class_id"))
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activity.id", ondelete="CASCADE"))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 16:17:02.391463
+Create Date: 2026-11-25 16:20:30.159629
 """
 from alembic import op
 import sqlalchemy as sa
@@ -386,6 +386,28 @@ def upgrade() -> None:
         batch_op.create_index('ix_class_lti_context', ['district_id', 'lti_context_id'], unique=False)
         batch_op.create_index('ix_class_sis_id', ['district_id', 'sis_id'], unique=False)
 
+    op.create_table('alert',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('level', sa.Integer(), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=False),
+    sa.Column('opened_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('notified_level', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('alert', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_alert_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_alert_open', ['class_id', 'resolved_at'], unique=False)
+        batch_op.create_index('ix_alert_person', ['person_id'], unique=False)
+
     op.create_table('app_session',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -471,6 +493,87 @@ def upgrade() -> None:
     with op.batch_alter_table('module', schema=None) as batch_op:
         batch_op.create_index('ix_module_class', ['class_id'], unique=False)
 
+    op.create_table('pace_accommodation',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('extra_days', sa.Integer(), nullable=False),
+    sa.Column('factor', sa.Float(), nullable=False),
+    sa.Column('note', sa.Text(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('class_id', 'person_id')
+    )
+    with op.batch_alter_table('pace_accommodation', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pace_accommodation_district_id'), ['district_id'], unique=False)
+
+    op.create_table('pace_plan',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('start_date', sa.Date(), nullable=True),
+    sa.Column('end_date', sa.Date(), nullable=True),
+    sa.Column('due_edits', sa.JSON(), nullable=False),
+    sa.Column('skip_weekends', sa.Boolean(), nullable=False),
+    sa.Column('skip_dates', sa.JSON(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['updated_by'], ['person.id'], ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('class_id')
+    )
+    with op.batch_alter_table('pace_plan', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pace_plan_district_id'), ['district_id'], unique=False)
+
+    op.create_table('pace_status',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('phase', sa.String(length=16), nullable=False),
+    sa.Column('completed', sa.Integer(), nullable=False),
+    sa.Column('expected', sa.Integer(), nullable=False),
+    sa.Column('total', sa.Integer(), nullable=False),
+    sa.Column('modules_behind', sa.Integer(), nullable=False),
+    sa.Column('days_behind', sa.Integer(), nullable=False),
+    sa.Column('modules_ahead', sa.Integer(), nullable=False),
+    sa.Column('days_ahead', sa.Integer(), nullable=False),
+    sa.Column('next_due', sa.Date(), nullable=True),
+    sa.Column('projected_finish', sa.Date(), nullable=True),
+    sa.Column('accommodated', sa.Boolean(), nullable=False),
+    sa.Column('computed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('class_id', 'person_id')
+    )
+    with op.batch_alter_table('pace_status', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pace_status_district_id'), ['district_id'], unique=False)
+
+    op.create_table('profile_snapshot',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('taken_on', sa.Date(), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('class_id', 'person_id', 'taken_on')
+    )
+    with op.batch_alter_table('profile_snapshot', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_profile_snapshot_district_id'), ['district_id'], unique=False)
+
     op.create_table('activity',
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('module_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -492,6 +595,99 @@ def upgrade() -> None:
     with op.batch_alter_table('activity', schema=None) as batch_op:
         batch_op.create_index('ix_activity_class', ['class_id'], unique=False)
 
+    op.create_table('gate_override',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('module_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('note', sa.Text(), nullable=False),
+    sa.Column('author_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['author_id'], ['person.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['module_id'], ['module.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('gate_override', schema=None) as batch_op:
+        batch_op.create_index('ix_gate_override_class', ['class_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_gate_override_district_id'), ['district_id'], unique=False)
+
+    op.create_table('gate_state',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('module_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.String(length=32), nullable=False),
+    sa.Column('missing', sa.JSON(), nullable=False),
+    sa.Column('opened_by_mastery', sa.Boolean(), nullable=False),
+    sa.Column('opened_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('completed_on', sa.Date(), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['module_id'], ['module.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('person_id', 'module_id')
+    )
+    with op.batch_alter_table('gate_state', schema=None) as batch_op:
+        batch_op.create_index('ix_gate_class', ['class_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_gate_state_district_id'), ['district_id'], unique=False)
+
+    op.create_table('mastery',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('competency_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('score', sa.Float(), nullable=True),
+    sa.Column('evidence_count', sa.Integer(), nullable=False),
+    sa.Column('mastered', sa.Boolean(), nullable=False),
+    sa.Column('level', sa.String(length=64), nullable=True),
+    sa.Column('latest_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('computed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['competency_id'], ['competency.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('class_id', 'person_id', 'competency_id')
+    )
+    with op.batch_alter_table('mastery', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_mastery_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_mastery_person', ['person_id'], unique=False)
+
+    op.create_table('profile_entry',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('author_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('author_role', sa.String(length=16), nullable=False),
+    sa.Column('target_date', sa.Date(), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=True),
+    sa.Column('competency_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('archived_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['author_id'], ['person.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['competency_id'], ['competency.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('profile_entry', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_profile_entry_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_profile_entry_person', ['person_id'], unique=False)
+
     op.create_table('alignment',
     sa.Column('activity_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('competency_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -509,6 +705,25 @@ def upgrade() -> None:
     with op.batch_alter_table('alignment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alignment_activity_id'), ['activity_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_alignment_competency_id'), ['competency_id'], unique=False)
+
+    op.create_table('check_post',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('activity_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('score', sa.Float(), nullable=True),
+    sa.Column('queued_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['activity_id'], ['activity.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('person_id', 'activity_id')
+    )
+    with op.batch_alter_table('check_post', schema=None) as batch_op:
+        batch_op.create_index('ix_check_post_class', ['class_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_check_post_district_id'), ['district_id'], unique=False)
 
     op.create_table('result',
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -546,15 +761,56 @@ def downgrade() -> None:
         batch_op.drop_index('ix_result_activity')
 
     op.drop_table('result')
+    with op.batch_alter_table('check_post', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_check_post_district_id'))
+        batch_op.drop_index('ix_check_post_class')
+
+    op.drop_table('check_post')
     with op.batch_alter_table('alignment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_alignment_competency_id'))
         batch_op.drop_index(batch_op.f('ix_alignment_activity_id'))
 
     op.drop_table('alignment')
+    with op.batch_alter_table('profile_entry', schema=None) as batch_op:
+        batch_op.drop_index('ix_profile_entry_person')
+        batch_op.drop_index(batch_op.f('ix_profile_entry_district_id'))
+
+    op.drop_table('profile_entry')
+    with op.batch_alter_table('mastery', schema=None) as batch_op:
+        batch_op.drop_index('ix_mastery_person')
+        batch_op.drop_index(batch_op.f('ix_mastery_district_id'))
+
+    op.drop_table('mastery')
+    with op.batch_alter_table('gate_state', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_gate_state_district_id'))
+        batch_op.drop_index('ix_gate_class')
+
+    op.drop_table('gate_state')
+    with op.batch_alter_table('gate_override', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_gate_override_district_id'))
+        batch_op.drop_index('ix_gate_override_class')
+
+    op.drop_table('gate_override')
     with op.batch_alter_table('activity', schema=None) as batch_op:
         batch_op.drop_index('ix_activity_class')
 
     op.drop_table('activity')
+    with op.batch_alter_table('profile_snapshot', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_profile_snapshot_district_id'))
+
+    op.drop_table('profile_snapshot')
+    with op.batch_alter_table('pace_status', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pace_status_district_id'))
+
+    op.drop_table('pace_status')
+    with op.batch_alter_table('pace_plan', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pace_plan_district_id'))
+
+    op.drop_table('pace_plan')
+    with op.batch_alter_table('pace_accommodation', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pace_accommodation_district_id'))
+
+    op.drop_table('pace_accommodation')
     with op.batch_alter_table('module', schema=None) as batch_op:
         batch_op.drop_index('ix_module_class')
 
@@ -570,6 +826,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_app_session_district_id'))
 
     op.drop_table('app_session')
+    with op.batch_alter_table('alert', schema=None) as batch_op:
+        batch_op.drop_index('ix_alert_person')
+        batch_op.drop_index('ix_alert_open')
+        batch_op.drop_index(batch_op.f('ix_alert_district_id'))
+
+    op.drop_table('alert')
     with op.batch_alter_table('class', schema=None) as batch_op:
         batch_op.drop_index('ix_class_sis_id')
         batch_op.drop_index('ix_class_lti_context')
