@@ -8,7 +8,7 @@ already open, and resolves duplicates it finds.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -75,6 +75,10 @@ class AlertChanges:
     to_update: tuple[Alert, ...] = ()
     to_resolve: tuple[Alert, ...] = ()
 
+    def __iter__(self) -> Iterator[tuple[Alert, ...]]:
+        """Unpack as ``to_open, to_update, to_resolve = reconcile(...)``."""
+        return iter((self.to_open, self.to_update, self.to_resolve))
+
 
 @dataclass(frozen=True, slots=True)
 class _Wanted:
@@ -117,7 +121,7 @@ def _wanted(status: PaceStatus, today: date, policy: EscalationPolicy) -> list[_
         return wanted
     if status.state is PaceState.FAR_AHEAD and policy.alert_far_ahead:
         wanted.append(_Wanted(AlertKind.FAR_AHEAD, 0, describe_pace(status)))
-    stallable = status.state in (PaceState.ON_TRACK, PaceState.AHEAD)
+    stallable = status.state in (PaceState.ON_TRACK, PaceState.AHEAD) and not status.finished
     if stallable and status.phase is TermPhase.IN_TERM and status.last_completed_on is not None:
         idle = (today - status.last_completed_on).days
         if idle >= policy.stall_days:
@@ -143,14 +147,16 @@ def reconcile(
     A condition without an open alert opens one at the level its persistence gives; an open alert whose
     condition holds keeps its id and opening time, and only ever rises in level; an open alert whose
     condition cleared is resolved. Alerts about a class covered by ``current_statuses`` but a student not in
-    it (no longer enrolled) are resolved; alerts about other classes are left alone. ``today`` defaults to
-    ``now``'s date.
+    it (no longer enrolled) are resolved; alerts about other classes are left alone. Of two open alerts with
+    one key the older stays and the newer is resolved. ``today`` defaults to ``now``'s date.
     """
     policy = policy or EscalationPolicy()
     today = today or now.date()
     open_by_key: dict[AlertKey, Alert] = {}
     to_resolve: list[Alert] = []
     for alert in sorted(existing_open_alerts, key=lambda a: a.opened_at):
+        if alert.resolved_at is not None:
+            continue
         if alert.key in open_by_key:
             to_resolve.append(replace(alert, resolved_at=now, updated_at=now))  # a duplicate
         else:
@@ -158,10 +164,14 @@ def reconcile(
     to_open: list[Alert] = []
     to_update: list[Alert] = []
     covered_classes: set[str] = set()
+    handled: set[AlertKey] = set()
     for status in current_statuses:
         covered_classes.add(status.class_id)
         for wanted in _wanted(status, today, policy):
             key = (status.student_id, status.class_id, wanted.kind)
+            if key in handled:
+                continue
+            handled.add(key)
             existing = open_by_key.pop(key, None)
             if existing is None:
                 to_open.append(

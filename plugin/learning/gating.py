@@ -142,7 +142,10 @@ class ModuleGraph:
     modules: tuple[Module, ...]  # by position, then input order
     by_id: Mapping[str, Module]
     required: Mapping[str, tuple[MissingCompetency, ...]]  # module → what it needs, each with no score yet
+    required_ids: Mapping[str, frozenset[str]]  # module → the competency ids it needs
     unknown_prerequisites: tuple[tuple[str, str], ...] = field(default=())  # (module, missing prerequisite)
+    # states that carry nothing student-specific, built once and shared (a memo: not part of the value)
+    shared_states: dict[tuple[str, int], GateState] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,7 @@ class CheckPost:
 
 
 _new_gate = positional_constructor(GateState)
+_new_missing = positional_constructor(MissingCompetency)
 
 _MESSAGES: Mapping[GateReason, str] = {
     GateReason.NO_PREREQUISITES: "This module has no prerequisites.",
@@ -217,7 +221,8 @@ def build_graph(modules: Iterable[Module], competencies: Iterable[Competency] = 
                     )
                 )
         required[module.id] = tuple(needs)
-    return ModuleGraph(ordered, by_id, required, tuple(unknown))
+    required_ids = {mid: frozenset(need.competency_id for need in needs) for mid, needs in required.items()}
+    return ModuleGraph(ordered, by_id, required, required_ids, tuple(unknown))
 
 
 def find_dropped_prerequisites(modules: Iterable[Module]) -> list[tuple[str, str]]:
@@ -270,68 +275,94 @@ def evaluate_path(
     master). The next module is the first open one, else the first locked one, else none.
     """
     in_effect = overrides if isinstance(overrides, Mapping) else effective_overrides(overrides)
-    known: set[str] | frozenset[str] = mastered if isinstance(mastered, set | frozenset) else set(mastered)
+    known: set[str] | frozenset[str] = mastered if isinstance(mastered, (set, frozenset)) else set(mastered)
     scores = scores or {}
-    gates = tuple(
-        _evaluate_module(
-            module,
-            graph.required[module.id],
-            known,
-            scores,
-            in_effect.get(module.id),
-            module.id in previously_opened,
-            module.id in completed,
-        )
-        for module in graph.modules
-    )
-    next_gate = next((g for g in gates if g.status is GateStatus.OPEN), None)
+    cache = graph.shared_states
+    gates: list[GateState] = []
+    first_open: GateState | None = None
+    first_locked: GateState | None = None
+    for module in graph.modules:
+        mid = module.id
+        override = in_effect.get(mid) if in_effect else None
+        if override is not None and override.kind is OverrideKind.CLOSED_BY_TEACHER:
+            gate = _shared(cache, mid, 0, GateStatus.LOCKED, GateReason.CLOSED_BY_TEACHER, False, False)
+        else:
+            required = graph.required[mid]
+            if known.issuperset(graph.required_ids[mid]):
+                missing: list[MissingCompetency] = []
+            else:
+                missing = [need for need in required if need.competency_id not in known]
+            sticky = mid in previously_opened
+            opened = not missing or sticky
+            own = module.competency_ids
+            if own and known.issuperset(own):
+                skipped = not opened and override is None
+                code = 1 + opened + 2 * skipped
+                gate = cache.get((mid, code)) or _shared(
+                    cache, mid, code, GateStatus.COMPLETE, GateReason.MASTERED, opened, skipped
+                )
+            elif not own and mid in completed:
+                gate = _shared(cache, mid, 5 + opened, GateStatus.COMPLETE, GateReason.COMPLETED, opened, False)
+            elif override is not None:
+                if override.kind is OverrideKind.SHOWN_MASTERY:
+                    gate = _shared(cache, mid, 7 + opened, GateStatus.OPEN, GateReason.SHOWN_MASTERY, opened, False)
+                else:
+                    gate = _shared(cache, mid, 9 + opened, GateStatus.OPEN, GateReason.ACCOMMODATION, opened, False)
+            elif not missing:
+                gate = cache.get((mid, 11)) or _shared(
+                    cache,
+                    mid,
+                    11,
+                    GateStatus.OPEN,
+                    GateReason.PREREQUISITES_MASTERED if module.prerequisite_ids else GateReason.NO_PREREQUISITES,
+                    True,
+                    False,
+                )
+            elif sticky:
+                gate = _shared(cache, mid, 12, GateStatus.OPEN, GateReason.STAYS_OPEN, True, False)
+            else:
+                needs = tuple([_with_score(need, scores) for need in missing])
+                if needs == required:  # nothing of it mastered, no score yet: every such student shares the state
+                    gate = cache.get((mid, 13)) or _shared(
+                        cache, mid, 13, GateStatus.LOCKED, GateReason.MISSING_MASTERY, False, False, required
+                    )
+                else:
+                    gate = _new_gate(mid, GateStatus.LOCKED, GateReason.MISSING_MASTERY, needs, False, False)
+        gates.append(gate)
+        if first_open is None and gate.status is GateStatus.OPEN:
+            first_open = gate
+        elif first_locked is None and gate.status is GateStatus.LOCKED:
+            first_locked = gate
+    path = tuple(gates)
+    next_gate = first_open or first_locked
     if next_gate is None:
-        next_gate = next((g for g in gates if g.status is GateStatus.LOCKED), None)
-    if next_gate is None:
-        return StudentPath(student_id, gates, None)
-    return StudentPath(student_id, gates, next_gate.module_id, graph.by_id[next_gate.module_id].title)
+        return StudentPath(student_id, path, None)
+    return StudentPath(student_id, path, next_gate.module_id, graph.by_id[next_gate.module_id].title)
 
 
-def _evaluate_module(
-    module: Module,
-    required: tuple[MissingCompetency, ...],
-    mastered: set[str] | frozenset[str],
-    scores: Mapping[str, MasteryScore],
-    override: GateOverride | None,
-    sticky: bool,
-    lms_completed: bool,
+def _shared(
+    cache: dict[tuple[str, int], GateState],
+    module_id: str,
+    code: int,
+    status: GateStatus,
+    reason: GateReason,
+    opened: bool,
+    skipped: bool,
+    needs: tuple[MissingCompetency, ...] = (),
 ) -> GateState:
-    if override is not None and override.kind is OverrideKind.CLOSED_BY_TEACHER:
-        return _new_gate(module.id, GateStatus.LOCKED, GateReason.CLOSED_BY_TEACHER, (), False, False)
-    missing = [need for need in required if need.competency_id not in mastered]
-    opened_by_mastery = not missing or sticky
-    own = module.competency_ids
-    if own and mastered.issuperset(own):
-        skipped = not opened_by_mastery and override is None
-        return _new_gate(module.id, GateStatus.COMPLETE, GateReason.MASTERED, (), opened_by_mastery, skipped)
-    if not own and lms_completed:
-        return _new_gate(module.id, GateStatus.COMPLETE, GateReason.COMPLETED, (), opened_by_mastery, False)
-    if override is not None:
-        reason = (
-            GateReason.SHOWN_MASTERY if override.kind is OverrideKind.SHOWN_MASTERY else GateReason.ACCOMMODATION
-        )
-        return _new_gate(module.id, GateStatus.OPEN, reason, (), opened_by_mastery, False)
-    if not missing:
-        reason = GateReason.PREREQUISITES_MASTERED if module.prerequisite_ids else GateReason.NO_PREREQUISITES
-        return _new_gate(module.id, GateStatus.OPEN, reason, (), True, False)
-    if sticky:
-        return _new_gate(module.id, GateStatus.OPEN, GateReason.STAYS_OPEN, (), True, False)
-    needs = tuple([_with_score(m, scores) for m in missing])
-    return _new_gate(module.id, GateStatus.LOCKED, GateReason.MISSING_MASTERY, needs, False, False)
+    """Return the one GateState every student in this situation shares (records are immutable)."""
+    key = (module_id, code)
+    gate = cache.get(key)
+    if gate is None:
+        gate = cache[key] = _new_gate(module_id, status, reason, needs, opened, skipped)
+    return gate
 
 
 def _with_score(need: MissingCompetency, scores: Mapping[str, MasteryScore]) -> MissingCompetency:
     score = scores.get(need.competency_id)
     if score is None or score.score is None:
         return need
-    return MissingCompetency(
-        need.competency_id, need.title, need.module_id, need.module_title, score.score, need.needed
-    )
+    return _new_missing(need.competency_id, need.title, need.module_id, need.module_title, score.score, need.needed)
 
 
 def _locked_message(missing: Sequence[MissingCompetency]) -> str:

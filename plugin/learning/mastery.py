@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import enum
 import math
-from operator import attrgetter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 
 Rating = tuple[float, str]
 
@@ -220,8 +220,8 @@ def round_score(value: float) -> float:
     Python's ``round`` gives 4.12, and also rounds up some doubles whose shortest decimal form ends just below
     5 (5.3149999999999995 → 5.32), which rounding the ``repr`` with ``decimal`` would not.
     """
-    value = float(value)
     if not 0.001 <= abs(value) < 1e15:  # outside this range Ruby may return x itself or 0.0
+        value = float(value)
         if value == 0.0 or not math.isfinite(value):
             return value
         binexp = math.frexp(value)[1]
@@ -295,93 +295,110 @@ def rollup_rows(
     ``rows`` must all have a score; the caller drops the others, as Canvas does. ``quizzes=False`` tells that
     no row has a ``quiz_key``, which saves looking.
     """
-    count = len(rows)
-    if count == 0:
+    if not rows:
         return None, None
+    ordered = in_time_order(rows)
+    score = score_in_order(calculation, points_possible, mastery_points, ordered, quizzes=quizzes)
+    return score, latest_time(ordered[-1])
+
+
+def in_time_order(rows: Sequence[Evidence]) -> list[Evidence]:
+    """Return results in Canvas's time order: by whole second submitted (else assessed), ties in input order.
+
+    Sorting on ``submitted_at`` itself gives that order when every result has one, none has a fraction of a
+    second, and naive and aware times are not mixed; otherwise :func:`time_key` builds the keys.
+    """
+    moments = list(map(_SUBMITTED_AT, rows))
+    if None not in moments and not any(map(_MICROSECOND, moments)):
+        try:
+            return sorted(rows, key=_SUBMITTED_AT)
+        except TypeError:  # naive and aware times mixed
+            pass
+    return sorted(rows, key=time_key)
+
+
+def sort_in_time_order(rows: list[Evidence], *, whole_seconds: bool = False) -> None:
+    """Sort results in place into Canvas's time order (see :func:`in_time_order`).
+
+    ``whole_seconds=True`` promises that every result has a ``submitted_at`` without a fraction of a second,
+    so the times themselves can be the keys.
+    """
+    if len(rows) < 2:
+        return
+    if whole_seconds:
+        try:
+            rows[:] = sorted(rows, key=_SUBMITTED_AT)  # a copy: a failed sort must not disturb input order
+            return
+        except TypeError:  # naive and aware times mixed
+            pass
+    rows.sort(key=time_key)
+
+
+def latest_time(row: Evidence) -> datetime | None:
+    """Return a result's time as Canvas orders it (whole seconds, UTC when naive), None when it has none."""
+    moment = row.submitted_at if row.submitted_at is not None else row.assessed_at
+    if moment is None:
+        return None
+    if moment.microsecond or moment.tzinfo is None:
+        return _whole_seconds(moment)
+    return moment
+
+
+def score_in_order(
+    calculation: Calculation,
+    points_possible: float,
+    mastery_points: float,
+    rows: Sequence[Evidence],
+    quizzes: bool = True,
+) -> float | None:
+    """Compute the rolled-up score of scored results already in Canvas's time order (oldest first)."""
+    if not rows:
+        return None
     formula = calculation.formula
     scale = points_possible if points_possible > 0 else mastery_points
-    # identity tests: hashing an enum member runs Python code, so no set lookups on this path
-    ordered = formula is Formula.LATEST or formula is Formula.WEIGHTED_AVERAGE or formula is Formula.DECAYING_AVERAGE
+    # identity tests throughout: hashing an enum member runs Python code
     if quizzes and formula is not Formula.HIGHEST and formula is not Formula.N_MASTERY and _has_quiz(rows):
         values = _quiz_averaged_values(rows, scale)
     else:
         values = [e.score if e.percent is None else e.percent * scale for e in rows]  # type: ignore[misc]
-    if count == 1:
-        moment = time_key(rows[0])
-        if formula is Formula.N_MASTERY:
-            return _apply(formula, calculation.calculation_int, mastery_points, values, 0), _timed(moment)
-        return round_score(values[0]), _timed(moment)
-    moments: list[datetime] = list(map(_SUBMITTED_AT, rows))
-    exact = None not in moments
-    if exact:
-        try:
-            latest = max(moments)  # TypeError when naive and aware times are mixed
-        except TypeError:
-            exact = False
-        else:
-            if ordered and any(m.microsecond for m in moments):
-                exact = False  # order by whole seconds: ties keep input order
-    if not exact:
-        moments = [time_key(e) for e in rows]
-        latest = max(moments)
-    if formula is Formula.DECAYING_AVERAGE:
-        values = [values[i] for i in sorted(range(count), key=moments.__getitem__)]
-        last = count - 1
-    elif ordered:
-        last = max(range(count - 1, -1, -1), key=moments.__getitem__)  # the latest; on a tie the later row
-    else:
-        last = count - 1
-    score = _apply(formula, calculation.calculation_int, mastery_points, values, last)
-    return score, _timed(_whole_seconds(latest))
-
-
-_SUBMITTED_AT = attrgetter("submitted_at")
-
-
-def _has_quiz(rows: Sequence[Evidence]) -> bool:
-    return any(e.quiz_key is not None for e in rows)
-
-
-def _timed(moment: datetime) -> datetime | None:
-    return None if moment == _EPOCH else moment
-
-
-def _whole_seconds(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.replace(microsecond=0) if moment.microsecond else moment
-
-
-def _apply(
-    formula: Formula, n: int | None, mastery_points: float, values: list[float], last: int
-) -> float | None:
-    """Apply a formula; ``values[last]`` is the latest result, and values are in time order for DECAYING."""
     if formula is Formula.HIGHEST:
         return round_score(max(values))
     if formula is Formula.LATEST:
-        return round_score(values[last])
+        return round_score(values[-1])
     if formula is Formula.AVERAGE:
         return round_score(math.fsum(values) / len(values))
+    n = calculation.calculation_int
+    assert n is not None
     if formula is Formula.N_MASTERY:
-        assert n is not None
         if len(values) < n:
             return None
         kept = [v for v in values if v >= mastery_points]
-        if len(kept) < n:
-            return None
-        return round_score(math.fsum(kept) / len(kept))
-    assert n is not None
+        return None if len(kept) < n else round_score(math.fsum(kept) / len(kept))
     if len(values) == 1:
         return round_score(values[0])
     if formula is Formula.WEIGHTED_AVERAGE:
-        older = values[:last] + values[last + 1 :]
-        return round_score(values[last] * (0.01 * n) + (math.fsum(older) / len(older)) * (0.01 * (100 - n)))
+        older = values[:-1]
+        return round_score(values[-1] * (0.01 * n) + (math.fsum(older) / len(older)) * (0.01 * (100 - n)))
     remaining = 0.01 * (100 - n)
     rate = 0.01 * n
     average = values[0] * remaining + values[1] * rate
     for value in values[2:]:
         average = average * remaining + value * rate
     return round_score(average)
+
+
+_SUBMITTED_AT = attrgetter("submitted_at")
+_MICROSECOND = attrgetter("microsecond")
+
+
+def _has_quiz(rows: Sequence[Evidence]) -> bool:
+    return any(e.quiz_key is not None for e in rows)
+
+
+def _whole_seconds(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=0) if moment.microsecond else moment
 
 
 def _quiz_averaged_values(rows: Sequence[Evidence], scale: float) -> list[float]:
@@ -398,9 +415,9 @@ def _quiz_averaged_values(rows: Sequence[Evidence], scale: float) -> list[float]
             total[1] += e.possible * e.percent
     values: list[float] = []
     for e in rows:
-        total = totals.get(e.quiz_key) if e.quiz_key is not None else None
-        if total is not None and total[0] != 0:
-            values.append((total[1] / total[0]) * scale)
+        weights = totals.get(e.quiz_key) if e.quiz_key is not None else None
+        if weights is not None and weights[0] != 0:
+            values.append((weights[1] / weights[0]) * scale)
         else:
             values.append(e.score if e.percent is None else e.percent * scale)  # type: ignore[arg-type]
     return values

@@ -11,8 +11,10 @@ import enum
 import math
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
+
+from plugin.learning._records import positional_constructor
 
 ONE_DAY = timedelta(days=1)
 
@@ -43,6 +45,13 @@ class PacePlan:
     due: tuple[tuple[str, date], ...]
     skip_weekends: bool = False
     skip_dates: frozenset[date] = frozenset()
+    # derived once from ``due``
+    planned: frozenset[str] = field(init=False, repr=False, compare=False)
+    sorted_dates: tuple[date, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "planned", frozenset(module_id for module_id, _ in self.due))
+        object.__setattr__(self, "sorted_dates", tuple(sorted(day for _, day in self.due)))
 
     @property
     def module_ids(self) -> tuple[str, ...]:
@@ -83,6 +92,9 @@ class PaceStatus:
     @property
     def finished(self) -> bool:
         return self.completed >= self.total
+
+
+_new_status = positional_constructor(PaceStatus)
 
 
 # --------------------------------------------------------------------------- calendar
@@ -260,26 +272,22 @@ def assess_pace(
     accommodation: Accommodation | None = None,
     far_ahead: int = 2,
     window_days: int = 14,
-    sorted_due: Sequence[date] | None = None,
 ) -> PaceStatus:
     """Compare one student's completed modules with the minimum-pace line on ``today``.
 
     ``completed_on`` maps each completed module to its completion date (None when unknown; it still counts as
     completed but not towards velocity). Modules outside the plan are ignored. Velocity is the number of
     completions in the ``window_days`` days up to ``today`` per school day of that window; the projected
-    finish adds the remaining modules at that rate. ``sorted_due`` lets a caller reuse the plan's sorted dates
-    for students without an accommodation.
+    finish adds the remaining modules at that rate.
     """
     if far_ahead < 1 or window_days < 1:
         raise ValueError("far_ahead and window_days must be at least 1")
     if accommodation is not None:
-        dues = sorted(due_dates_for(plan, accommodation).values())
-    elif sorted_due is not None:
-        dues = list(sorted_due)
+        dues: Sequence[date] = sorted(due_dates_for(plan, accommodation).values())
     else:
-        dues = sorted(day for _, day in plan.due)
+        dues = plan.sorted_dates
     total = len(dues)
-    planned = {module_id for module_id, _ in plan.due}
+    planned = plan.planned
     done_dates: list[date] = []
     completed = 0
     for module_id, day in completed_on.items():
@@ -301,26 +309,28 @@ def assess_pace(
         state = PaceState.FAR_AHEAD if modules_ahead >= far_ahead else PaceState.AHEAD
         days_ahead = max((dues[completed - 1] - today).days, 0)
     next_due = dues[completed] if completed < total else None
-    projected = _project_finish(plan, total - completed, done_dates, today, window_days, last_completed_on)
+    projected = None
+    if total:
+        projected = _project_finish(plan, total - completed, done_dates, today, window_days, last_completed_on)
     last_due = dues[-1] if dues else None
     on_time = None if projected is None or last_due is None else projected <= last_due
-    return PaceStatus(
-        student_id=student_id,
-        class_id=plan.class_id,
-        state=state,
-        phase=term_phase(plan, today),
-        completed=completed,
-        expected=expected,
-        total=total,
-        modules_behind=modules_behind,
-        days_behind=days_behind,
-        modules_ahead=modules_ahead,
-        days_ahead=days_ahead,
-        next_due=next_due,
-        projected_finish=projected,
-        on_time=on_time,
-        last_completed_on=last_completed_on,
-        accommodated=accommodation is not None,
+    return _new_status(
+        student_id,
+        plan.class_id,
+        state,
+        term_phase(plan, today),
+        completed,
+        expected,
+        total,
+        modules_behind,
+        days_behind,
+        modules_ahead,
+        days_ahead,
+        next_due,
+        projected,
+        on_time,
+        last_completed_on,
+        accommodation is not None,
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from plugin.learning._records import positional_constructor
 from plugin.learning.mastery import Competency, MasteryScore, round_score
 
 
@@ -59,6 +60,9 @@ class ProfileSnapshot:
     notes: tuple[ProfileEntry, ...] = ()
 
 
+_new_snapshot = positional_constructor(ProfileSnapshot)
+
+
 @dataclass(frozen=True, slots=True)
 class Growth:
     """How one competency's score moved between the first and last snapshots of a period."""
@@ -79,6 +83,27 @@ def margin(score: float, competency: Competency, reference: float | None = None)
     return (score - base) / scale
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileBasis:
+    """What each competency's score is compared with, prepared once for a class."""
+
+    rows: tuple[tuple[int, str, float, float], ...]  # (curriculum index, competency id, reference, scale)
+
+
+def profile_basis(
+    competencies: Sequence[Competency], class_means: Mapping[str, float | None] | None = None
+) -> ProfileBasis:
+    """Prepare the references: the class mean for a competency when known, else its mastery points."""
+    rows = []
+    for index, competency in enumerate(competencies):
+        reference = None if class_means is None else class_means.get(competency.id)
+        if reference is None:
+            reference = competency.mastery_points
+        scale = competency.points_possible if competency.points_possible > 0 else (competency.mastery_points or 1.0)
+        rows.append((index, competency.id, reference, scale))
+    return ProfileBasis(tuple(rows))
+
+
 def build_profile(
     student_id: str,
     competencies: Sequence[Competency],
@@ -88,21 +113,24 @@ def build_profile(
     entries: Iterable[ProfileEntry] = (),
     class_means: Mapping[str, float | None] | None = None,
     top: int = 3,
+    basis: ProfileBasis | None = None,
 ) -> ProfileSnapshot:
     """Derive a profile snapshot from mastery scores and the entries people wrote.
 
     Strengths and weaknesses compare each score with the class mean for that competency when one is given,
     else with the mastery threshold; up to ``top`` of each, only scores strictly above (strengths) or below
     (weaknesses) their reference. A competency whose rule gives no score yet (n_mastery) is a gap but
-    neither a strength nor a weakness.
+    neither a strength nor a weakness. ``basis`` (from :func:`profile_basis` with the same competencies and
+    means) saves preparing the comparison for every student of a class.
     """
+    if basis is None:
+        basis = profile_basis(competencies, class_means)
     skills: list[MasteryScore] = []
     gaps: list[str] = []
     unassessed: list[str] = []
     above: list[tuple[float, int, str]] = []
     below: list[tuple[float, int, str]] = []
-    for index, competency in enumerate(competencies):
-        cid = competency.id
+    for index, cid, reference, scale in basis.rows:
         score = scores.get(cid)
         if score is None:
             unassessed.append(cid)
@@ -110,33 +138,37 @@ def build_profile(
         skills.append(score)
         if not score.mastered:
             gaps.append(cid)
-        if score.score is None:
+        value = score.score
+        if value is None or value == reference:
             continue
-        reference = None if class_means is None else class_means.get(cid)
-        value = margin(score.score, competency, reference)
-        if value > 0:
-            above.append((-value, index, cid))
-        elif value < 0:
-            below.append((value, index, cid))
+        if value > reference:
+            above.append(((reference - value) / scale, index, cid))
+        else:
+            below.append(((value - reference) / scale, index, cid))
     above.sort()
     below.sort()
-    grouped: dict[EntryKind, list[ProfileEntry]] = {}
-    for entry in sorted(entries, key=lambda e: e.created_at):
-        if entry.student_id == student_id:
-            grouped.setdefault(entry.kind, []).append(entry)
-    return ProfileSnapshot(
-        student_id=student_id,
-        taken_at=now,
-        skills=tuple(skills),
-        gaps=tuple(gaps),
-        unassessed=tuple(unassessed),
-        strengths=tuple(m[2] for m in above[:top]),
-        weaknesses=tuple(m[2] for m in below[:top]),
-        interests=tuple(grouped.get(EntryKind.INTEREST, ())),
-        aspirations=tuple(grouped.get(EntryKind.ASPIRATION, ())),
-        goals=tuple(grouped.get(EntryKind.GOAL, ())),
-        notes=tuple(grouped.get(EntryKind.NOTE, ())),
+    written = _by_kind(student_id, entries)
+    return _new_snapshot(
+        student_id,
+        now,
+        tuple(skills),
+        tuple(gaps),
+        tuple(unassessed),
+        tuple([m[2] for m in above[:top]]),
+        tuple([m[2] for m in below[:top]]),
+        *written,
     )
+
+
+def _by_kind(student_id: str, entries: Iterable[ProfileEntry]) -> tuple[tuple[ProfileEntry, ...], ...]:
+    """Split a student's entries into interests, aspirations, goals and notes, oldest first."""
+    mine = sorted((e for e in entries if e.student_id == student_id), key=lambda e: e.created_at)
+    if not mine:
+        return ((), (), (), ())
+    return tuple(tuple(e for e in mine if e.kind is kind) for kind in _KINDS)
+
+
+_KINDS = (EntryKind.INTEREST, EntryKind.ASPIRATION, EntryKind.GOAL, EntryKind.NOTE)
 
 
 def open_goals(snapshot: ProfileSnapshot, today: date) -> list[tuple[ProfileEntry, bool]]:

@@ -1,7 +1,10 @@
 """One pass over a class's plain data: mastery, gates, pace, alert changes and profile snapshots.
 
 Linear in evidence rows and students: evidence is indexed by student and competency once, every other step
-works per student on that student's own scores.
+works per student on that student's own scores. Between runs the caller keeps three things and passes them
+back: the modules whose gate has ``opened_by_mastery`` (as ``previously_opened``), the days modules became
+complete (``completed_on``) and the open alerts after applying ``alerts``; each run's profile snapshots are
+the profile's history.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from plugin.learning._records import positional_constructor
 from plugin.learning.alerts import Alert, AlertChanges, EscalationPolicy, reconcile
@@ -34,10 +39,12 @@ from plugin.learning.mastery import (
     Vocabulary,
     aggregate_scores,
     calculation_for,
-    rollup_rows,
+    latest_time,
+    score_in_order,
+    sort_in_time_order,
 )
 from plugin.learning.pace import Accommodation, PacePlan, PaceStatus, assess_pace
-from plugin.learning.profile import ProfileEntry, ProfileSnapshot, build_profile
+from plugin.learning.profile import ProfileEntry, ProfileSnapshot, build_profile, profile_basis
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +98,11 @@ class ClassResult:
 
 
 _new_score = positional_constructor(MasteryScore)
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+_NONE: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
+class _Spec(NamedTuple):
     calculation: Calculation
     points_possible: float
     mastery_points: float
@@ -119,43 +127,42 @@ def recompute_class(
 
     mastery = _score_students(data, specs)
 
-    class_means = {
-        cid: aggregate_scores(
-            [scores[cid].score for scores in mastery.values() if cid in scores]
-        )
-        for cid in specs
-    }
+    by_competency: dict[str, list[float | None]] = {cid: [] for cid in specs}
+    for student_scores in mastery.values():
+        for cid, score in student_scores.items():
+            by_competency[cid].append(score.score)
+    class_means = {cid: aggregate_scores(values) for cid, values in by_competency.items()}
 
+    basis = profile_basis(data.competencies, class_means)
     graph = build_graph(data.modules, data.competencies)
     problems.extend(f"module {m}: unknown prerequisite {p}" for m, p in graph.unknown_prerequisites)
     overrides_by_student: dict[str, list[GateOverride]] = {}
     for override in data.overrides:
         overrides_by_student.setdefault(override.student_id, []).append(override)
+    in_effect = {student_id: effective_overrides(found) for student_id, found in overrides_by_student.items()}
 
     plan = data.pace_plan
-    sorted_due = sorted(day for _, day in plan.due) if plan is not None else None
     paths: dict[str, StudentPath] = {}
     completed_on: dict[str, dict[str, date]] = {}
     pace: dict[str, PaceStatus] = {}
     profiles: dict[str, ProfileSnapshot] = {}
     posts: list[CheckPost] = []
-    no_scores: dict[str, MasteryScore] = {}
     for student_id in data.student_ids:
-        scores = mastery.get(student_id, no_scores)
+        scores: Mapping[str, MasteryScore] = mastery.get(student_id, _NOTHING)
         mastered = {cid for cid, score in scores.items() if score.mastered}
-        lms_completed = data.lms_completed.get(student_id, {})
+        lms_completed = data.lms_completed.get(student_id, _NOTHING)
         path = evaluate_path(
             student_id,
             graph,
             mastered,
             scores=scores,
-            overrides=effective_overrides(overrides_by_student.get(student_id, ())),
-            previously_opened=data.previously_opened.get(student_id, frozenset()),
+            overrides=in_effect.get(student_id, _NOTHING),
+            previously_opened=data.previously_opened.get(student_id, _NONE),
             completed=lms_completed,
         )
         paths[student_id] = path
         done = _completion_days(
-            path, graph.by_id, scores, data.completed_on.get(student_id, {}), lms_completed, today
+            path, graph.by_id, scores, data.completed_on.get(student_id, _NOTHING), lms_completed, today
         )
         completed_on[student_id] = done
         if plan is not None:
@@ -167,7 +174,6 @@ def recompute_class(
                 accommodation=data.accommodations.get(student_id),
                 far_ahead=settings.far_ahead,
                 window_days=settings.velocity_window_days,
-                sorted_due=sorted_due,
             )
         profiles[student_id] = build_profile(
             student_id,
@@ -177,9 +183,10 @@ def recompute_class(
             entries=data.entries.get(student_id, ()),
             class_means=class_means,
             top=settings.profile_top,
+            basis=basis,
         )
         if data.checks:
-            posts.extend(plan_check_posts(path, data.checks, data.posted.get(student_id, {})))
+            posts.extend(plan_check_posts(path, data.checks, data.posted.get(student_id, _NOTHING)))
 
     alerts = reconcile(data.open_alerts, pace.values(), now, today=today, policy=settings.escalation)
     return ClassResult(
@@ -205,7 +212,7 @@ def recompute_classes(
 
 
 def _score_students(data: ClassData, specs: Mapping[str, _Spec]) -> dict[str, dict[str, MasteryScore]]:
-    """Index each enrolled student's evidence by competency once and roll every bucket up."""
+    """Put each enrolled student's results in time order once, split them by competency, roll each up."""
     alignments = data.alignments
     mastery: dict[str, dict[str, MasteryScore]] = {}
     for student_id in data.student_ids:
@@ -214,11 +221,15 @@ def _score_students(data: ClassData, specs: Mapping[str, _Spec]) -> dict[str, di
             continue
         buckets: defaultdict[str, list[Evidence]] = defaultdict(list)
         quizzes = False
+        whole_seconds = True  # every result has a submission time in whole seconds
         for row in rows:
             if row.score is None:
                 continue
             if row.quiz_key is not None:
                 quizzes = True
+            moment = row.submitted_at
+            if moment is None or moment.microsecond:
+                whole_seconds = False
             cid = row.competency_id
             if cid is not None:
                 buckets[cid].append(row)
@@ -230,11 +241,12 @@ def _score_students(data: ClassData, specs: Mapping[str, _Spec]) -> dict[str, di
             spec = specs.get(cid)
             if spec is None:
                 continue
-            score, latest = rollup_rows(
-                spec.calculation, spec.points_possible, spec.mastery_points, bucket, quizzes=quizzes
-            )
-            mastered = score is not None and score >= spec.mastery_points
-            scores[cid] = _new_score(student_id, cid, score, len(bucket), mastered, latest)
+            calculation, points_possible, mastery_points = spec
+            if len(bucket) > 1:
+                sort_in_time_order(bucket, whole_seconds=whole_seconds)
+            score = score_in_order(calculation, points_possible, mastery_points, bucket, quizzes)
+            mastered = score is not None and score >= mastery_points
+            scores[cid] = _new_score(student_id, cid, score, len(bucket), mastered, latest_time(bucket[-1]))
         if scores:
             mastery[student_id] = scores
     return mastery
@@ -253,15 +265,16 @@ def _completion_days(
     for gate in path.gates:
         if gate.status is not GateStatus.COMPLETE:
             continue
-        day = known.get(gate.module_id)
+        module_id = gate.module_id
+        day = known.get(module_id)
         if day is None and gate.reason is GateReason.COMPLETED:
-            day = lms_completed.get(gate.module_id)
+            day = lms_completed.get(module_id)
         if day is None:
-            latest = [
-                score.latest_at
-                for cid in modules[gate.module_id].competency_ids
-                if (score := scores.get(cid)) is not None and score.latest_at is not None
-            ]
-            day = max(latest).date() if latest else today
-        done[gate.module_id] = day
+            latest: datetime | None = None
+            for cid in modules[module_id].competency_ids:
+                score = scores.get(cid)
+                if score is not None and score.latest_at is not None and (latest is None or score.latest_at > latest):
+                    latest = score.latest_at
+            day = today if latest is None else latest.date()
+        done[module_id] = day
     return done
