@@ -5,7 +5,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-sqlite test-postgres lint bench clean
+.PHONY: help install run serve test test-sqlite test-postgres lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ install: $(VENV)/.installed ## Create .venv and install Trailmark with its test 
 run: $(VENV)/.installed ## Migrate SQLite and serve the tool, scheduler and sandbox LMS on 127.0.0.1:5000
 	$(VENV)/bin/trailmark start
 
-test: $(VENV)/.installed ## Run the whole suite (SQLite; PostgreSQL too when TRAILMARK_TEST_POSTGRES_URL is set)
+serve: $(VENV)/.installed ## Serve with gunicorn, server.workers workers and the scheduler leader-elected among them
+	$(VENV)/bin/trailmark serve --with-scheduler
+
+test: $(VENV)/.installed ## The whole suite: SQLite, then PostgreSQL (TRAILMARK_TEST_POSTGRES_URL); Redis tests need TRAILMARK_TEST_REDIS_URL
 	$(MAKE) --no-print-directory test-sqlite
 	@if [ -n "$$TRAILMARK_TEST_POSTGRES_URL" ]; then $(MAKE) --no-print-directory test-postgres; fi
 

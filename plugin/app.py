@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from plugin import config as config_mod
+from plugin import observability, privacy
 from plugin.lti.errors import LtiError
 from plugin.store import db
 
@@ -41,12 +42,21 @@ def create_app(config: Mapping[str, Any] | None = None, *, env: Mapping[str, str
     logging.getLogger("trailmark").setLevel(cfg["server"]["log_level"])
 
     db.init_app(app)
+    from plugin.progress import on_sync_applied
+
+    app.extensions["trailmark.on_applied"] = on_sync_applied  # a sync that changed classes refreshes them
+    privacy.init_app(app)
+    observability.init_app(app)
 
     from plugin.lti import views as lti_views
     from plugin.panels import views as panel_views
 
     app.register_blueprint(lti_views.bp)
     app.register_blueprint(panel_views.bp)
+    if cfg["admin"]["enabled"]:
+        from plugin import admin
+
+        admin.init_app(app)
     if cfg["sandbox"]["enabled"]:
         from plugin.sandbox import views as sandbox_views
 
@@ -76,6 +86,7 @@ def _error_pages(app: Flask) -> None:
     @app.errorhandler(LtiError)
     def _lti_error(exc: LtiError):  # type: ignore[no-untyped-def]
         log.warning("lti.refused reason=%s status=%s path=%s", exc.reason, exc.status, request.path)
+        observability.count_refusal(exc.reason)
         return render_template("error.html", title="Trailmark could not open", message=exc.message,
                                reason=exc.reason, hint=exc.hint, status=exc.status), exc.status
 

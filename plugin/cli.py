@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -44,6 +45,7 @@ def ensure_districts(session: Session, cfg: dict[str, Any], now: datetime) -> di
 
 def bootstrap(app: Flask) -> None:
     """Migrate, create the signing key, load configured districts and platforms, seed the sandbox."""
+    from plugin import privacy
     from plugin.lti import keys
     from plugin.lti.platforms import add_platform
 
@@ -52,6 +54,7 @@ def bootstrap(app: Flask) -> None:
     now = datetime.now(UTC)
     with get_store(app).session() as session:
         keys.ensure_key(session, now)
+        privacy.reencrypt_keys(session)  # keys stored before encryption, or under an older encryption key
         districts = ensure_districts(session, cfg, now)
         for p in cfg["platforms"]:
             add_platform(session, districts[p["district"]], issuer=p["issuer"], client_id=p["client_id"],
@@ -281,6 +284,84 @@ def start(host: str | None, port: int | None) -> None:
     run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
 
 
+@click.command("serve")
+@click.option("--host", default=None, help="Defaults to server.host (HOST).")
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="Defaults to server.port (PORT).")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Worker processes; defaults to server.workers (TRAILMARK_WORKERS).")
+@click.option("--threads", default=None, type=click.IntRange(1, 64),
+              help="Threads per worker (server.threads).")
+@click.option("--with-scheduler", is_flag=True,
+              help="Also run the scheduler in one worker at a time (leader-elected); otherwise run "
+                   "`trailmark scheduler` separately.")
+@click.option("--migrate", is_flag=True, help="Apply migrations first (always done on SQLite).")
+@with_appcontext
+def serve_command(host: str | None, port: int | None, workers: int | None, threads: int | None,
+                  with_scheduler: bool, migrate: bool) -> None:
+    """Serve Trailmark under gunicorn with several workers (district scale)."""
+    from plugin.serve import ServeError, serve
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    cfg = app.config["TRAILMARK"]
+    if with_scheduler and not cfg["scheduler"]["enabled"]:
+        raise click.ClickException("--with-scheduler was given but scheduler.enabled is false "
+                                   "(TRAILMARK_SCHEDULER); enable it or drop the option.")
+    if migrate or app.config["DATABASE_URL"].startswith("sqlite"):
+        bootstrap(app)
+    else:
+        _require_current_schema(app)
+    get_store(app).dispose()  # each worker opens its own connections after the fork
+    host = host or cfg["server"]["host"]
+    port = port or cfg["server"]["port"]
+    workers = workers or cfg["server"]["workers"]
+    threads = threads or cfg["server"]["threads"]
+    where = public_url({**cfg, "server": {**cfg["server"], "host": host, "port": port}})
+    scheduler = "leader-elected among the workers" if with_scheduler else "not in this process"
+    click.echo(f"Trailmark: {workers} worker(s) × {threads} thread(s) on {host}:{port}, public URL {where}/, "
+               f"scheduler {scheduler}.")
+    try:
+        serve(cfg, host=host, port=port, workers=workers, threads=threads, with_scheduler=with_scheduler)
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _require_current_schema(app: Flask) -> None:
+    from plugin.store.db import current_revision, head_revision
+
+    try:
+        current = current_revision(get_store(app).engine)
+    except Exception as exc:  # noqa: BLE001 - any connection problem is reported the same way
+        raise click.ClickException(f"cannot reach the database {_safe_url(app.config['DATABASE_URL'])}: "
+                                   f"{type(exc).__name__}. Check database.url (DATABASE_URL).") from None
+    head = head_revision()
+    if current != head:
+        raise click.ClickException(f"the database is at revision {current or 'none'} and this Trailmark "
+                                   f"needs {head}: run `trailmark db upgrade` once (from one host), or pass "
+                                   "--migrate.")
+
+
+@click.command("scheduler")
+@with_appcontext
+def scheduler_command() -> None:
+    """Run the scheduler alone, leader-elected: across hosts exactly one runs the jobs, the rest stand by."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not app.config["TRAILMARK"]["scheduler"]["enabled"]:
+        raise click.ClickException("scheduler.enabled is false (TRAILMARK_SCHEDULER); nothing to run.")
+    try:
+        from plugin import jobs
+    except ImportError:
+        raise click.ClickException("this Trailmark has no scheduler jobs (plugin/jobs.py is missing)."
+                                   ) from None
+    if app.config["DATABASE_URL"].startswith("sqlite"):
+        bootstrap(app)
+    else:
+        _require_current_schema(app)
+    cfg = app.config["TRAILMARK"]["scheduler"]
+    click.echo(f"Trailmark scheduler (pid {os.getpid()}): standing for election every "
+               f"{cfg['heartbeat_seconds']} s; stop with Ctrl-C or SIGTERM.")
+    jobs.run_scheduler_forever(app)
+
+
 def _start_scheduler(app: Flask) -> None:
     try:
         from plugin import jobs
@@ -293,6 +374,13 @@ def register_commands(app: Flask) -> None:
     for group in (db_cli, keys_cli, platform_cli, config_cli):
         app.cli.add_command(group)
     app.cli.add_command(start)
+    app.cli.add_command(serve_command)
+    app.cli.add_command(scheduler_command)
+    from plugin.admin.cli import admin_cli
+    from plugin.privacy_cli import privacy_cli
+
+    app.cli.add_command(admin_cli)
+    app.cli.add_command(privacy_cli)
     try:
         from plugin.sync_cli import sync_cli
     except ImportError:

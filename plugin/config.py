@@ -90,6 +90,7 @@ class ServerSchema(Schema):
     secret_key = _SecretRef(load_default="file:var/secret_key")
     workers = fields.Integer(load_default=2, validate=validate.Range(1, 64))
     threads = fields.Integer(load_default=1, validate=validate.Range(1, 64))
+    worker_class = fields.String(load_default="gthread", validate=validate.OneOf(["gthread", "sync"]))
     timeout_seconds = fields.Integer(load_default=30, validate=validate.Range(5, 3600))
     graceful_timeout_seconds = fields.Integer(load_default=30, validate=validate.Range(1, 3600))
     access_log = fields.String(load_default="off", validate=validate.OneOf(["off", "json"]))
@@ -167,6 +168,44 @@ class MailSchema(Schema):
         ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]))
 
 
+class PrivacySchema(Schema):
+    """Encryption at rest and how long operational records about people are kept."""
+
+    class Meta:
+        unknown = RAISE
+
+    encryption_key = _SecretRef(load_default="file:var/encryption_key")
+    retention_days = fields.Integer(load_default=365, validate=validate.Range(1, 36500))
+    audit_retention_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 36500))
+    sync_run_retention_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 36500))
+    outbox_retention_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 36500))
+    snapshot_retention_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(1, 36500))
+    purge_hour = fields.Integer(load_default=3, validate=validate.Range(0, 23))
+
+
+class AdminSchema(Schema):
+    """The admin console at /admin and its JSON API at /api/admin."""
+
+    class Meta:
+        unknown = RAISE
+
+    enabled = fields.Boolean(load_default=True)
+    session_minutes = fields.Integer(load_default=60, validate=validate.Range(5, 24 * 60))
+    max_failed_logins = fields.Integer(load_default=5, validate=validate.Range(1, 1000))
+    lockout_minutes = fields.Integer(load_default=15, validate=validate.Range(1, 24 * 60))
+
+
+class ObservabilitySchema(Schema):
+    """Logs, /metrics and /readyz."""
+
+    class Meta:
+        unknown = RAISE
+
+    log_format = fields.String(load_default="json", validate=validate.OneOf(["json", "text"]))
+    metrics_enabled = fields.Boolean(load_default=True)
+    metrics_token = _SecretRef(load_default=None, allow_none=True)
+
+
 class DistrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -229,6 +268,9 @@ class ConfigSchema(Schema):
     sandbox = fields.Nested(SandboxSchema, load_default=dict)
     scheduler = fields.Nested(SchedulerSchema, load_default=dict)
     mail = fields.Nested(MailSchema, load_default=dict)
+    privacy = fields.Nested(PrivacySchema, load_default=lambda: PrivacySchema().load({}))
+    admin = fields.Nested(AdminSchema, load_default=lambda: AdminSchema().load({}))
+    observability = fields.Nested(ObservabilitySchema, load_default=lambda: ObservabilitySchema().load({}))
     districts = fields.List(fields.Nested(DistrictSchema), load_default=list)
     platforms = fields.List(fields.Nested(PlatformSchema), load_default=list)
     sources = fields.List(fields.Dict(), load_default=list)
@@ -249,6 +291,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TRAILMARK_REDIS_URL": ("redis", "url"),
     "TRAILMARK_SANDBOX": ("sandbox", "enabled"),
     "TRAILMARK_SCHEDULER": ("scheduler", "enabled"),
+    "TRAILMARK_LOG_FORMAT": ("observability", "log_format"),
 }
 
 

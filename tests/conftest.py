@@ -16,6 +16,7 @@ from plugin.store import models
 from plugin.store.db import Store, upgrade
 
 POSTGRES_URL = os.environ.get("TRAILMARK_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("TRAILMARK_TEST_REDIS_URL")
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +73,22 @@ def district(store: Store) -> models.District:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip PostgreSQL-only tests without a server, unless the run requires them (CI)."""
+    """Skip PostgreSQL- or Redis-only tests without a server, unless the run requires them (CI)."""
     required = os.environ.get("TRAILMARK_REQUIRE", "").split(",")
-    for item in items:
-        if "postgres" in item.keywords and not POSTGRES_URL:
-            if "postgres" in required:
-                raise pytest.UsageError("PostgreSQL is required (TRAILMARK_REQUIRE) but TRAILMARK_TEST_POSTGRES_URL is unset")
-            item.add_marker(pytest.mark.skip(reason="set TRAILMARK_TEST_POSTGRES_URL to run"))
+    for marker, url, variable, name in (("postgres", POSTGRES_URL, "TRAILMARK_TEST_POSTGRES_URL", "PostgreSQL"),
+                                        ("redis", REDIS_URL, "TRAILMARK_TEST_REDIS_URL", "Redis")):
+        for item in items:
+            if marker in item.keywords and not url:
+                if marker in required:
+                    raise pytest.UsageError(f"{name} is required (TRAILMARK_REQUIRE) but {variable} is unset")
+                item.add_marker(pytest.mark.skip(reason=f"set {variable} to run"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis server (tests keep to their own key prefix, so a shared server is fine)."""
+    assert REDIS_URL, "mark the test with @pytest.mark.redis"
+    return REDIS_URL
 
 
 # --------------------------------------------------------------------------- the web app and a test platform

@@ -1,7 +1,8 @@
 """Trailmark's signing keys: RSA 2048, published in the JWKS with a ``kid``.
 
 ``active`` signs; after ``trailmark keys rotate`` the old key becomes ``retiring`` and stays published until it is
-retired, so platforms holding a cached JWKS keep verifying tokens we signed before the rotation.
+retired, so platforms holding a cached JWKS keep verifying tokens we signed before the rotation. Private keys are
+stored encrypted with the ``[privacy]`` key (``plugin/privacy.py``) and decrypted only to sign.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plugin import privacy
 from plugin.store.models import ToolKey
 
 
@@ -33,7 +35,7 @@ def _new_key(now: datetime) -> ToolKey:
     jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
     kid = hashlib.sha256(f"{jwk['n']}.{jwk['e']}".encode()).hexdigest()[:32]
     jwk.update({"kid": kid, "alg": "RS256", "use": "sig"})
-    return ToolKey(kid=kid, private_pem=pem, public_jwk=jwk, status="active", created_at=now)
+    return ToolKey(kid=kid, private_pem=privacy.encrypt(pem), public_jwk=jwk, status="active", created_at=now)
 
 
 def ensure_key(session: Session, now: datetime | None = None) -> ToolKey:
@@ -49,7 +51,7 @@ def ensure_key(session: Session, now: datetime | None = None) -> ToolKey:
 def signing_key(session: Session) -> SigningKey:
     """The key that signs deep-linking responses and service assertions."""
     key = ensure_key(session)
-    return SigningKey(kid=key.kid, private_pem=key.private_pem)
+    return SigningKey(kid=key.kid, private_pem=privacy.decrypt(key.private_pem))
 
 
 def rotate(session: Session, now: datetime | None = None) -> tuple[ToolKey, list[str]]:

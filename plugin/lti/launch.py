@@ -7,6 +7,11 @@ cached key sets with one re-fetch on an unknown kid, timeouts) are made here.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,15 +20,17 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
-from jwt.algorithms import RSAAlgorithm
 from pylti1p3.exception import LtiException
 from pylti1p3.message_validators import get_validators
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from plugin.cache import Cache
 from plugin.lti.errors import LtiError
-from plugin.lti.platforms import KeySetCache, _aware, find_platform, has_deployment
+from plugin.lti.platforms import KeySetCache, _aware, find_registration, has_deployment
 from plugin.lti.roles import view_for_roles
 from plugin.store.models import LoginState, Platform, UsedNonce
 
@@ -37,6 +44,18 @@ DEEP_LINKING = "LtiDeepLinkingRequest"
 SUPPORTED_MESSAGES = (RESOURCE_LINK, DEEP_LINKING)
 MAX_PARAM = 4096
 MAX_TOKEN = 64 * 1024
+CLEANUP_ONE_IN = 64  # one request in this many also deletes expired login states or used nonces
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+# Statements of the launch's hot path, built once (parameters bound at execution).
+_LOGIN_STATE = select(LoginState).where(LoginState.state == bindparam("state"))
+_LOGIN_TABLE, _NONCE_TABLE = LoginState.__table__, UsedNonce.__table__
+_DELETE_LOGIN_STATE = delete(_LOGIN_TABLE).where(_LOGIN_TABLE.c.state == bindparam("state"))
+_USE_NONCE = {  # the single-use insert: no row inserted means the nonce was used before
+    name: insert(_NONCE_TABLE).on_conflict_do_nothing(index_elements=["nonce"])
+    .execution_options(preserve_rowcount=True)
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
 
 
 # --------------------------------------------------------------------------- login
@@ -86,26 +105,26 @@ def _same_origin(url: str, base: str) -> bool:
 def begin_login(session: Session, req: LoginRequest, *, base_url: str, launch_url: str, now: datetime,
                 state_minutes: int = 10) -> tuple[LoginState, Platform, str]:
     """Check the login against our registrations, issue state and nonce, and build the platform auth URL."""
-    platform = find_platform(session, req.iss, req.client_id)
+    platform, known_deployment = find_registration(session, req.iss, req.client_id, req.lti_deployment_id)
     if platform is None:
         detail = f"issuer {req.iss!r}" + (f" and client_id {req.client_id!r}" if req.client_id else "")
         hint = "" if req.client_id else " This issuer has several registrations, so the LMS must send client_id."
         raise LtiError("unknown_platform", f"Trailmark has no registration for {detail}.{hint} District IT can "
                        "register the platform with Dynamic Registration or `trailmark platform add`.", status=400)
-    if req.lti_deployment_id and not has_deployment(session, platform, req.lti_deployment_id):
+    if req.lti_deployment_id and not known_deployment:
         raise LtiError("unknown_deployment", f"Deployment {req.lti_deployment_id!r} is not registered for this "
                        "platform. Add it with `trailmark platform add … --deployment-id`.", status=403)
     if not _same_origin(req.target_link_uri, base_url):
         raise LtiError("bad_target_link_uri", "The target_link_uri does not point at this Trailmark "
                        f"({base_url}). Check the tool's launch URL in the LMS.")
-    session.execute(delete(LoginState).where(LoginState.expires_at < now))
+    if secrets.randbelow(CLEANUP_ONE_IN) == 0:  # expired states are refused anyway; sweep them now and then
+        session.execute(delete(LoginState).where(LoginState.expires_at < now))
     state = LoginState(
         state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32), platform_id=platform.id,
         target_link_uri=req.target_link_uri, storage="platform" if req.lti_storage_target else "cookie",
         created_at=now, expires_at=now + timedelta(minutes=state_minutes),
     )
-    session.add(state)
-    session.flush()
+    session.execute(_LOGIN_TABLE.insert(), {c.key: getattr(state, c.key) for c in _LOGIN_TABLE.columns})
     params = {
         "scope": "openid", "response_type": "id_token", "response_mode": "form_post", "prompt": "none",
         "client_id": platform.client_id, "redirect_uri": launch_url, "login_hint": req.login_hint,
@@ -191,8 +210,13 @@ def _dict_claim(claims: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 
 def validate_launch(session: Session, form: Mapping[str, Any], *, cookies: Mapping[str, str],
-                    key_cache: KeySetCache, settings: LaunchSettings, now: datetime) -> LaunchContext:
-    """Validate a launch POST step by step; raise LtiError naming the first check that failed."""
+                    key_cache: KeySetCache, settings: LaunchSettings, now: datetime,
+                    used_nonces: Cache | None = None) -> LaunchContext:
+    """Validate a launch POST step by step; raise LtiError naming the first check that failed.
+
+    ``used_nonces`` (Redis) refuses a replayed nonce without a database query; the database's single-use
+    insert stays the authority, so without it, or when it is down, replays are refused all the same.
+    """
     id_token = form.get("id_token")
     state = form.get("state")
     if isinstance(form.get("error"), str):
@@ -207,22 +231,31 @@ def validate_launch(session: Session, form: Mapping[str, Any], *, cookies: Mappi
         raise LtiError("missing_state", "The launch has no state. Start Trailmark again from the LMS.")
 
     header, unverified = _read_unverified(id_token)
-    platform = _registration(session, unverified)
+    platform, known_deployment = _registration(session, unverified)
     claims = _verify(session, id_token, header, platform, key_cache, settings, now)
-    login = _check_nonce_and_state(session, claims, state, platform, now)
+    login = _check_nonce_and_state(session, claims, state, platform, now, settings, used_nonces)
     _check_browser_binding(login, state, form, cookies, platform)
-    deployment_id = _check_deployment(session, claims, platform)
+    deployment_id = _check_deployment(session, claims, platform, known_deployment)
     context = _check_message(claims, platform, deployment_id, settings)
-    _consume(session, login, claims, platform, now, settings)
+    _consume(session, login, claims, platform, now, settings, used_nonces)
     return context
 
 
+def _b64json(segment: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
 def _read_unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read header and claims before the signature is checked, only to find the registration and key."""
+    parts = id_token.split(".")
+    if len(parts) != 3 or not all(_B64URL.fullmatch(part) for part in parts) or len(parts[1]) % 4 == 1:
+        raise LtiError("malformed_id_token", "The id_token is not a well-formed JWT.")
     try:
-        header = jwt.get_unverified_header(id_token)
-        unverified = jwt.decode(id_token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        header, unverified = _b64json(parts[0]), _b64json(parts[1])
+    except (ValueError, binascii.Error):
         raise LtiError("malformed_id_token", "The id_token is not a well-formed JWT.") from None
+    if not isinstance(header, dict):
+        raise LtiError("malformed_id_token", "The id_token is not a well-formed JWT.")
     if not isinstance(unverified, dict):
         raise LtiError("malformed_id_token", "The id_token payload is not a JSON object.")
     alg = header.get("alg")
@@ -234,7 +267,8 @@ def _read_unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, unverified
 
 
-def _registration(session: Session, unverified: Mapping[str, Any]) -> Platform:
+def _registration(session: Session, unverified: Mapping[str, Any]) -> tuple[Platform, tuple[str, bool] | None]:
+    """The registration the token names, and whether it has the (unverified) deployment the token names."""
     iss = unverified.get("iss")
     aud = unverified.get("aud")
     if not isinstance(iss, str) or not iss:
@@ -251,24 +285,19 @@ def _registration(session: Session, unverified: Mapping[str, Any]) -> Platform:
         if isinstance(azp, str) and azp != auds[0]:
             raise LtiError("wrong_aud", "The id_token's 'azp' does not match its audience.", status=401)
         candidates = auds
+    deployment_id = unverified.get(LTI + "deployment_id")
+    deployment_id = deployment_id if isinstance(deployment_id, str) and len(deployment_id) <= MAX_PARAM else None
     for client_id in candidates:
-        platform = find_platform(session, iss, client_id)
+        platform, known = find_registration(session, iss, client_id, deployment_id)
         if platform is not None:
-            return platform
+            return platform, (deployment_id, known) if deployment_id is not None else None
     raise LtiError("unknown_platform", f"Trailmark has no registration for issuer {iss!r} with client_id "
                    f"{candidates[0]!r}. District IT must register this LMS first.", status=401)
 
 
 def _verify(session: Session, id_token: str, header: Mapping[str, Any], platform: Platform,
             key_cache: KeySetCache, settings: LaunchSettings, now: datetime) -> dict[str, Any]:
-    jwk = key_cache.get_key(session, platform, header["kid"], now)
-    if jwk.get("alg") not in (None, "RS256") or jwk.get("kty") != "RSA":
-        raise LtiError("bad_alg", "The platform key for this kid is not an RS256 RSA key.", status=401)
-    try:
-        public_key = RSAAlgorithm.from_jwk(jwk)
-    except (ValueError, TypeError, KeyError, jwt.PyJWTError):
-        raise LtiError("platform_keys_invalid", "The platform published a key Trailmark cannot read.",
-                       status=502) from None
+    public_key = key_cache.get_public_key(session, platform, header["kid"], now)  # RS256 RSA keys only
     try:
         claims: dict[str, Any] = jwt.decode(
             id_token, key=public_key, algorithms=["RS256"], audience=platform.client_id, issuer=platform.issuer,
@@ -297,15 +326,37 @@ def _verify(session: Session, id_token: str, header: Mapping[str, Any], platform
     return claims
 
 
+def _nonce_kept_until(claims: Mapping[str, Any], now: datetime, settings: LaunchSettings) -> datetime:
+    """How long a used nonce must be remembered: as long as its token could still be accepted."""
+    exp = claims.get("exp")
+    keep_until = datetime.fromtimestamp(float(exp), UTC) if isinstance(exp, int | float) else now
+    return max(keep_until, now) + timedelta(seconds=settings.leeway + settings.max_token_age)
+
+
+def _nonce_key(platform: Platform, nonce: str) -> str:
+    return f"nonce:{platform.id}:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}"
+
+
+def _replayed() -> LtiError:
+    return LtiError("nonce_replayed", "This launch was already used (its nonce was seen before). Launch again "
+                    "from the LMS.", status=401)
+
+
 def _check_nonce_and_state(session: Session, claims: Mapping[str, Any], state: str, platform: Platform,
-                           now: datetime) -> LoginState:
+                           now: datetime, settings: LaunchSettings, used_nonces: Cache | None = None) -> LoginState:
     nonce = claims.get("nonce")
     if not isinstance(nonce, str) or not nonce or len(nonce) > 128:
         raise LtiError("missing_claim", "The id_token has no usable 'nonce' claim.", status=401)
-    if session.get(UsedNonce, nonce) is not None:
-        raise LtiError("nonce_replayed", "This launch was already used (its nonce was seen before). Launch again "
-                       "from the LMS.", status=401)
-    login = session.get(LoginState, state)
+    if used_nonces is not None and used_nonces.get(_nonce_key(platform, nonce)) is not None:
+        raise _replayed()
+    login = session.scalars(_LOGIN_STATE, {"state": state}).first()
+    if (login is None or _aware(login.expires_at) <= now or login.platform_id != platform.id
+            or login.nonce != nonce):
+        # Only a login state that is live, ours and issued with this very nonce passes. Its nonce is unique and
+        # is used up in the same transaction that deletes the state, so on this path the nonce was never used
+        # (a concurrent replay loses the insert in _consume); off it, say whether the nonce was seen before.
+        if session.get(UsedNonce, nonce) is not None:
+            raise _replayed()
     if login is None or _aware(login.expires_at) <= now:
         raise LtiError("state_unknown", "This launch does not belong to a login Trailmark started, or the login "
                        "took too long. Launch again from the LMS.", status=401)
@@ -340,11 +391,14 @@ def state_cookie_name(state: str) -> str:
     return f"tm_state_{state[:16]}"
 
 
-def _check_deployment(session: Session, claims: Mapping[str, Any], platform: Platform) -> str:
+def _check_deployment(session: Session, claims: Mapping[str, Any], platform: Platform,
+                      known: tuple[str, bool] | None = None) -> str:
     deployment_id = _str_claim(claims, LTI + "deployment_id")
     if deployment_id is None:
         raise LtiError("missing_claim", "The launch has no deployment_id claim.", status=400)
-    if not has_deployment(session, platform, deployment_id):
+    exists = known[1] if known is not None and known[0] == deployment_id else has_deployment(
+        session, platform, deployment_id)
+    if not exists:
         raise LtiError("unknown_deployment", f"Deployment {deployment_id!r} of this LMS is not registered with "
                        "Trailmark. District IT can add it with `trailmark platform add … --deployment-id`.",
                        status=403)
@@ -419,21 +473,28 @@ def _check_message(claims: Mapping[str, Any], platform: Platform, deployment_id:
 
 
 def _consume(session: Session, login: LoginState, claims: Mapping[str, Any], platform: Platform, now: datetime,
-             settings: LaunchSettings) -> None:
+             settings: LaunchSettings, used_nonces: Cache | None = None) -> None:
     """Use up the nonce and the state; a concurrent replay on another worker loses the insert race."""
-    exp = claims.get("exp")
-    keep_until = datetime.fromtimestamp(float(exp), UTC) if isinstance(exp, int | float) else now
-    keep_until = max(keep_until, now) + timedelta(seconds=settings.leeway + settings.max_token_age)
-    try:
-        with session.begin_nested():
-            session.add(UsedNonce(nonce=login.nonce, platform_id=platform.id, expires_at=keep_until))
-            session.flush()
-    except IntegrityError:
-        raise LtiError("nonce_replayed", "This launch was already used (its nonce was seen before).",
-                       status=401) from None
-    session.delete(login)
-    session.execute(delete(UsedNonce).where(UsedNonce.expires_at < now - timedelta(days=1)))
-    session.flush()
+    keep_until = _nonce_kept_until(claims, now, settings)
+    use_nonce = _USE_NONCE.get(session.get_bind().dialect.name)
+    if use_nonce is not None:
+        params = {"nonce": login.nonce, "platform_id": platform.id, "expires_at": keep_until}
+        if session.execute(use_nonce, params).rowcount != 1:  # type: ignore[attr-defined]
+            raise _replayed()
+    else:
+        try:
+            with session.begin_nested():
+                session.add(UsedNonce(nonce=login.nonce, platform_id=platform.id, expires_at=keep_until))
+                session.flush()
+        except IntegrityError:
+            raise _replayed() from None
+    if used_nonces is not None:
+        used_nonces.set(_nonce_key(platform, login.nonce), b"1",
+                        int((keep_until - now).total_seconds()) + 1)
+    session.execute(_DELETE_LOGIN_STATE, {"state": login.state})
+    session.expunge(login)
+    if secrets.randbelow(CLEANUP_ONE_IN) == 0:
+        session.execute(delete(UsedNonce).where(UsedNonce.expires_at < now - timedelta(days=1)))
 
 
 def select_platform(session: Session, platform_id: int) -> Platform:

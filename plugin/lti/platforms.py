@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
-import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
-from sqlalchemy import select
+from jwt import PyJWTError
+from jwt.algorithms import RSAAlgorithm
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plugin.lti.errors import LtiError
@@ -27,6 +32,25 @@ def find_platform(session: Session, issuer: str, client_id: str | None) -> Platf
         return session.scalars(query.where(Platform.client_id == client_id)).first()
     rows = list(session.scalars(query.limit(2)))
     return rows[0] if len(rows) == 1 else None
+
+
+_KNOWN_DEPLOYMENT = (select(Deployment.id).where(Deployment.platform_id == Platform.id,
+                                                 Deployment.deployment_id == bindparam("deployment_id"))
+                     .exists().label("known_deployment"))
+_REGISTRATION_BY_CLIENT = select(Platform, _KNOWN_DEPLOYMENT).where(
+    Platform.issuer == bindparam("issuer"), Platform.client_id == bindparam("client_id"))
+_REGISTRATION_BY_ISSUER = select(Platform, _KNOWN_DEPLOYMENT).where(Platform.issuer == bindparam("issuer")).limit(2)
+
+
+def find_registration(session: Session, issuer: str, client_id: str | None,
+                      deployment_id: str | None) -> tuple[Platform | None, bool]:
+    """Like ``find_platform``, and whether that platform has ``deployment_id``, in one prepared query."""
+    params = {"issuer": issuer, "client_id": client_id, "deployment_id": deployment_id}
+    rows = list(session.execute(_REGISTRATION_BY_CLIENT if client_id else _REGISTRATION_BY_ISSUER, params))
+    if len(rows) != 1:
+        return None, False
+    platform, known_deployment = rows[0]
+    return platform, bool(known_deployment) and deployment_id is not None
 
 
 def has_deployment(session: Session, platform: Platform, deployment_id: str) -> bool:
@@ -141,46 +165,145 @@ def fetch_jwks(url: str, *, timeout: float, http: requests.Session | None = None
 
 KeySetFetcher = Callable[[Platform], tuple[dict[str, Any], Any]]
 
+MEMORY_SECONDS = 60  # a worker re-reads a platform's key set from Redis or the database at least this often
+MEMORY_LIMIT = 2048
+
+
+@dataclass
+class _Remembered:
+    """A platform's key set as this process last read it, with the keys it has parsed so far."""
+
+    key_set_url: str
+    jwks: dict[str, Any]
+    fetched_at: datetime
+    expires_at: datetime  # the cache lifetime the platform allowed, capped at MEMORY_SECONDS from reading
+    parsed: dict[str, Any] = field(default_factory=dict)
+
 
 class KeySetCache:
     """Platform JWKS cached in the database (shared by all workers), honouring HTTP cache headers.
 
     An unknown ``kid`` triggers one re-fetch (key rotation), at most once per ``refetch_floor`` per platform.
+    In front of the database sit two optional layers that only ever answer hits: ``memory`` (a dict kept by
+    the app, holding parsed public keys per (platform, kid), each entry living no longer than the platform
+    allowed nor ``MEMORY_SECONDS``) and ``shared`` (Redis). Misses, expiry and unknown kids go to the
+    database.
     """
 
-    def __init__(self, fetcher: KeySetFetcher, *, default_seconds: int = 3600, refetch_floor: int = 10):
+    def __init__(self, fetcher: KeySetFetcher, *, default_seconds: int = 3600, refetch_floor: int = 10,
+                 memory: dict[int, _Remembered] | None = None, shared: Any = None):
         self.fetcher = fetcher
         self.default_seconds = default_seconds
         self.refetch_floor = refetch_floor
+        self.memory = memory
+        self.shared = shared if shared is not None and getattr(shared, "enabled", False) else None
 
     def _store(self, session: Session, platform: Platform, now: datetime) -> PlatformKeySet:
         jwks, headers = self.fetcher(platform)
         seconds = cache_seconds(headers, self.default_seconds, now)
         row = session.get(PlatformKeySet, platform.id)
         if row is None:
-            row = PlatformKeySet(platform_id=platform.id, jwks=jwks, fetched_at=now, expires_at=now)
-            session.add(row)
+            try:
+                with session.begin_nested():  # another worker may be storing the same platform's first fetch
+                    row = PlatformKeySet(platform_id=platform.id, jwks=jwks, fetched_at=now,
+                                         expires_at=now + timedelta(seconds=seconds))
+                    session.add(row)
+                    session.flush()
+                return row
+            except IntegrityError:
+                row = session.get(PlatformKeySet, platform.id)
+                if row is None:
+                    raise
         row.jwks = jwks
         row.fetched_at = now
         row.expires_at = now + timedelta(seconds=seconds)
         session.flush()
         return row
 
-    def get_key(self, session: Session, platform: Platform, kid: str, now: datetime) -> dict[str, Any]:
-        """The JWK with this kid; raises LtiError('unknown_kid') after one re-fetch."""
+    def _from_database(self, session: Session, platform: Platform, kid: str, now: datetime) -> PlatformKeySet:
         row = session.get(PlatformKeySet, platform.id)
         fetched = False
         if row is None or _aware(row.expires_at) <= now:
             row = self._store(session, platform, now)
             fetched = True
         key = _find(row.jwks, kid)
-        if key is None and not fetched and (now - _aware(row.fetched_at)).total_seconds() >= self.refetch_floor:
+        age = (now - _aware(row.fetched_at)).total_seconds()
+        if key is None and not fetched and age >= self.refetch_floor:
             row = self._store(session, platform, now)
-            key = _find(row.jwks, kid)
+        return row
+
+    def get_key(self, session: Session, platform: Platform, kid: str, now: datetime) -> dict[str, Any]:
+        """The JWK with this kid; raises LtiError('unknown_kid') after one re-fetch."""
+        return self._lookup(session, platform, kid, now)[0]
+
+    def get_public_key(self, session: Session, platform: Platform, kid: str, now: datetime) -> Any:
+        """The parsed RS256 public key for this kid (parsed once per process and key set)."""
+        jwk, remembered = self._lookup(session, platform, kid, now)
+        if remembered is not None and kid in remembered.parsed:
+            return remembered.parsed[kid]
+        if jwk.get("alg") not in (None, "RS256") or jwk.get("kty") != "RSA":
+            raise LtiError("bad_alg", "The platform key for this kid is not an RS256 RSA key.", status=401)
+        try:
+            public_key = RSAAlgorithm.from_jwk(jwk)
+        except (ValueError, TypeError, KeyError, PyJWTError):
+            raise LtiError("platform_keys_invalid", "The platform published a key Trailmark cannot read.",
+                           status=502) from None
+        if remembered is not None:
+            remembered.parsed[kid] = public_key
+        return public_key
+
+    def _lookup(self, session: Session, platform: Platform, kid: str,
+                now: datetime) -> tuple[dict[str, Any], _Remembered | None]:
+        remembered = self.memory.get(platform.id) if self.memory is not None else None
+        if (remembered is not None and remembered.key_set_url == platform.key_set_url
+                and remembered.expires_at > now):
+            key = _find(remembered.jwks, kid)
+            if key is not None:
+                return key, remembered
+        shared_key = f"jwks:{platform.id}:{hashlib.sha256(platform.key_set_url.encode()).hexdigest()[:16]}"
+        if self.shared is not None:
+            cached = _decode_shared(self.shared.get(shared_key))
+            if cached is not None and cached[2] > now and _find(cached[0], kid) is not None:
+                remembered = self._remember(platform, *cached, now)
+                return _find(cached[0], kid) or {}, remembered
+        row = self._from_database(session, platform, kid, now)
+        jwks, fetched_at, expires_at = row.jwks, _aware(row.fetched_at), _aware(row.expires_at)
+        key = _find(jwks, kid)
         if key is None:
-            raise LtiError("unknown_kid", f"The id_token was signed with key {kid!r}, which the platform's key set "
-                           "does not publish.", status=401)
-        return key
+            raise LtiError("unknown_kid", f"The id_token was signed with key {kid!r}, which the platform's "
+                           "key set does not publish.", status=401)
+        if self.shared is not None and expires_at > now:
+            entry = {"jwks": jwks, "fetched_at": fetched_at.isoformat(),
+                     "expires_at": expires_at.isoformat()}
+            self.shared.set(shared_key, json.dumps(entry), int((expires_at - now).total_seconds()))
+        return key, self._remember(platform, jwks, fetched_at, expires_at, now)
+
+    def _remember(self, platform: Platform, jwks: dict[str, Any], fetched_at: datetime, expires_at: datetime,
+                  now: datetime) -> _Remembered | None:
+        if self.memory is None or expires_at <= now:
+            return None
+        if len(self.memory) >= MEMORY_LIMIT:
+            self.memory.clear()
+        old = self.memory.get(platform.id)
+        entry = _Remembered(platform.key_set_url, jwks, fetched_at,
+                            min(expires_at, now + timedelta(seconds=MEMORY_SECONDS)))
+        if old is not None and old.jwks == jwks and old.key_set_url == platform.key_set_url:
+            entry.parsed = old.parsed
+        self.memory[platform.id] = entry
+        return entry
+
+
+def _decode_shared(raw: bytes | None) -> tuple[dict[str, Any], datetime, datetime] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        jwks = data["jwks"]
+        if not isinstance(jwks, dict):
+            return None
+        return jwks, datetime.fromisoformat(data["fetched_at"]), datetime.fromisoformat(data["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _find(jwks: dict[str, Any], kid: str) -> dict[str, Any] | None:

@@ -8,10 +8,11 @@ created from the launch's own claims. Mentor launches link the parent to the men
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from plugin.lti.launch import LaunchContext
 from plugin.lti.roles import ADMIN, PARENT, STUDENT, TEACHER
@@ -115,8 +116,45 @@ def _mentees(session: Session, ctx: LaunchContext, parent: Person, now: datetime
                                      student_id=child.id, relation="parent", status="active", updated_at=now))
 
 
+def _known_query(*, with_class: bool, role: bool) -> Select[Any]:
+    person_ref, class_ref = aliased(ExternalRef), aliased(ExternalRef)
+    query = select(Person).join(person_ref, person_ref.entity_id == Person.id).where(
+        person_ref.district_id == bindparam("district_id"), person_ref.kind == "person",
+        person_ref.namespace == bindparam("ns"), person_ref.external_id == bindparam("sub"),
+        Person.district_id == bindparam("district_id"))
+    if with_class:
+        query = query.add_columns(Class).join(class_ref, and_(
+            class_ref.district_id == bindparam("district_id"), class_ref.kind == "class",
+            class_ref.namespace == bindparam("ns"), class_ref.external_id == bindparam("context_id"))
+        ).join(Class, Class.id == class_ref.entity_id)
+        if role:
+            query = query.join(Enrollment, and_(
+                Enrollment.class_id == Class.id, Enrollment.person_id == Person.id,
+                Enrollment.role == bindparam("role"), Enrollment.status == "active"))
+    return query.limit(1)
+
+
+_KNOWN = {(with_class, role): _known_query(with_class=with_class, role=role)
+          for with_class in (True, False) for role in (True, False)}
+
+
+def _known(session: Session, ctx: LaunchContext) -> tuple[Person, Class | None] | None:
+    """A returning launch: person, class and active enrollment all exist; one query, no writes."""
+    role = {TEACHER: "teacher", STUDENT: "student"}.get(ctx.view)
+    query = _KNOWN[(ctx.context_id is not None, role is not None)]
+    row = session.execute(query, {"district_id": ctx.district_id, "ns": namespace(ctx.platform_id),
+                                  "sub": ctx.user_sub, "context_id": ctx.context_id, "role": role}).first()
+    if row is None:
+        return None
+    return (row[0], row[1]) if ctx.context_id is not None else (row[0], None)
+
+
 def provision(session: Session, ctx: LaunchContext, now: datetime | None = None) -> tuple[Person, Class | None]:
     """Resolve the launch's person and class, creating what is missing; safe under concurrent first launches."""
+    if ctx.view != PARENT:  # a parent's mentee links are refreshed on every launch
+        known = _known(session, ctx)
+        if known is not None:
+            return known
     now = now or datetime.now(UTC)
     for attempt in (1, 2):
         try:

@@ -15,10 +15,12 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from plugin.store.models import AppSession
+
+_BY_ID = select(AppSession).where(AppSession.id == bindparam("id"))
 
 
 def _digest(ticket: str) -> str:
@@ -29,7 +31,7 @@ def create_session(session: Session, *, district_id: int, user_sub: str, view: s
                    platform_id: int | None, deployment_id: str | None, context_id: str | None,
                    person_id: int | None, class_id: int | None, claims: dict[str, Any], minutes: int,
                    now: datetime) -> tuple[str, AppSession]:
-    """Mint a session; returns the bearer ticket (shown once) and the row."""
+    """Mint a session; returns the bearer ticket (shown once) and the row (as written, not attached)."""
     ticket = secrets.token_urlsafe(32)
     row = AppSession(
         id=_digest(ticket), district_id=district_id, platform_id=platform_id, deployment_id=deployment_id,
@@ -37,10 +39,11 @@ def create_session(session: Session, *, district_id: int, user_sub: str, view: s
         roles=list(roles), claims=claims, csrf_token=secrets.token_urlsafe(24), created_at=now,
         expires_at=now + timedelta(minutes=minutes),
     )
-    session.add(row)
+    table = AppSession.__table__
+    session.execute(table.insert(), {c.key: getattr(row, c.key) for c in table.columns  # one INSERT, no flush
+                                     if getattr(row, c.key, None) is not None})
     if secrets.randbelow(50) == 0:
         session.execute(delete(AppSession).where(AppSession.expires_at < now))
-    session.flush()
     return ticket, row
 
 
@@ -48,7 +51,7 @@ def load_session(session: Session, ticket: str | None, now: datetime) -> AppSess
     """The live session for a ticket, or None."""
     if not ticket or not isinstance(ticket, str) or len(ticket) > 128:
         return None
-    row = session.get(AppSession, _digest(ticket))
+    row = session.scalars(_BY_ID, {"id": _digest(ticket)}).first()
     if row is None:
         return None
     expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)

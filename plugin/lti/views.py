@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import requests
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 
+from plugin import observability
+from plugin.cache import get_cache
 from plugin.lti import keys, registration
 from plugin.lti.errors import LtiError
 from plugin.lti.launch import (
@@ -33,6 +35,7 @@ bp = Blueprint("lti", __name__, url_prefix="/lti")
 log = logging.getLogger("trailmark.lti")
 
 HTTP_EXTENSION = "trailmark.http"
+KEY_MEMORY_EXTENSION = "trailmark.platform_keys"  # parsed platform keys of this process (see KeySetCache)
 
 
 def http_session() -> requests.Session:
@@ -68,7 +71,9 @@ def key_cache() -> KeySetCache:
             return sandbox_jwks(current_app), {"Cache-Control": "max-age=3600"}
         return fetch_jwks(platform.key_set_url, timeout=cfg["http_timeout_seconds"], http=http_session())
 
-    return KeySetCache(fetch, default_seconds=cfg["jwks_cache_seconds"])
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    memory = app.extensions.setdefault(KEY_MEMORY_EXTENSION, {})
+    return KeySetCache(fetch, default_seconds=cfg["jwks_cache_seconds"], memory=memory, shared=get_cache(app))
 
 
 def _cookie_kwargs() -> dict[str, Any]:
@@ -110,8 +115,9 @@ def launch() -> Response:
     settings = LaunchSettings(base_url=_base_url(), leeway=cfg["clock_leeway_seconds"],
                               max_token_age=cfg["max_token_age_seconds"])
     try:
+        shared = get_cache()
         ctx = validate_launch(session, request.form, cookies=request.cookies, key_cache=key_cache(),
-                              settings=settings, now=_now())
+                              settings=settings, now=_now(), used_nonces=shared if shared.enabled else None)
     except NeedsPlatformStorage as pending:
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(pending.platform.auth_login_url))
         target = request.form.get("lti_storage_target") or "_parent"
@@ -124,6 +130,7 @@ def launch() -> Response:
             return _new_window_page(exc)
         raise
     log.info("lti.launch platform=%s message=%s view=%s", ctx.platform_id, ctx.message_type, ctx.view)
+    observability.count_launch(ctx.message_type, ctx.view)
     if ctx.view == NONE:
         return Response(render_template("no_view.html"), status=403)
     person, klass = provision(session, ctx)

@@ -29,6 +29,7 @@ from plugin.lti.platforms import add_platform
 from plugin.lti.provision import namespace
 from plugin.store.models import (
     AcademicSession,
+    AccommodationRecord,
     Activity,
     Alignment,
     Class,
@@ -37,11 +38,15 @@ from plugin.store.models import (
     District,
     Enrollment,
     ExternalRef,
+    GateOverrideRecord,
     GuardianLink,
     Module,
     Org,
+    PacePlanRecord,
     Person,
     Platform,
+    ProfileEntryRecord,
+    ProfileSnapshotRecord,
     Result,
 )
 
@@ -181,6 +186,55 @@ def ensure_sandbox(session: Session, app: Flask) -> Platform:
     return platform
 
 
+# The sample class's story, in days before the seed date: six students spread across the pace spectrum.
+# Scores are out of 10 on each competency's quiz (a competency is "m.j": module m, outcome j); a score's optional
+# third item is the teacher's comment. Module due dates are spread evenly over the term (weekends count), which
+# puts modules 1 and 2 due 29 and 8 days before the seed date.
+TERM_DAYS_BEFORE = 50
+TERM_LENGTH = 105
+Attempt = tuple[int, float] | tuple[int, float, str]
+SCORES: dict[str, dict[str, tuple[Attempt, ...]]] = {
+    # far ahead: modules 1–4 complete, 5 open
+    "sofia": {"1.1": ((44, 7), (40, 9)), "1.2": ((42, 8), (40, 10)), "2.1": ((33, 7), (28, 9)),
+              "3.1": ((22, 10),), "3.2": ((20, 8), (15, 10)), "4.1": ((8, 9),), "4.2": ((6, 7), (3, 9)),
+              "5.1": ((2, 6, "Strong start on substitution; try the elimination method next."),)},
+    # ahead by one module
+    "zara": {"1.1": ((45, 6), (38, 9)), "1.2": ((41, 8),), "2.1": ((25, 7), (18, 8)), "3.1": ((12, 8),),
+             "3.2": ((9, 5), (5, 9)), "4.1": ((2, 7, "Check the scale on each axis before you plot."),)},
+    # on track, with gaps in Functions shared with classmates
+    "maya": {"1.1": ((40, 7), (31, 8)), "1.2": ((36, 8),), "2.1": ((20, 6), (13, 7), (6, 9)),
+             "3.1": ((3, 7, "Nearly there: use the vertical line test on the last two graphs."),),
+             "3.2": ((2, 6),)},
+    "leo": {"1.1": ((39, 8),), "1.2": ((37, 6), (30, 9)),
+            "2.1": ((16, 5), (4, 9, "Much better than last time: you flipped every sign correctly.")),
+            "3.1": ((2, 9),), "3.2": ((2, 6, "Substitute carefully: write the input in brackets first."),)},
+    # behind by one module for 8 days (a level 2 alert); the teacher opened Functions for him
+    "noah": {"1.1": ((34, 7), (27, 8)), "1.2": ((30, 6), (25, 9)),
+             "2.1": ((15, 4), (7, 6, "Remember to flip the inequality when you multiply or divide by a negative.")),
+             "3.1": ((3, 6),)},
+    # far behind (two modules, over two weeks: an escalated alert), with 7 extra days
+    "aiden": {"1.1": ((35, 6), (26, 9)),
+              "1.2": ((33, 3), (24, 4), (10, 5, "Good set-up. Check the sign each time you move a term across the "
+                                                "equals sign."))},
+}
+OVERRIDES = (("noah", 3, "shown_mastery", 3, "Explained solving inequalities clearly in a one-to-one conversation."),)
+ACCOMMODATIONS = (("aiden", 7, "Extended time in his learning plan."),)
+# (student, kind, text, author, days before the seed for target date or None, status)
+ENTRIES: tuple[tuple[str, str, str, str, int | None, str | None], ...] = (
+    ("leo", "interest", "Basketball statistics", "leo", None, None),
+    ("leo", "interest", "Drawing comics", "leo", None, None),
+    ("leo", "aspiration", "Become an architect", "leo", None, None),
+    ("leo", "goal", "Finish Linear equations before the first due date", "leo", 30, "achieved"),
+    ("leo", "goal", "Master every Functions competency before the break", "leo", -20, "active"),
+    ("maya", "interest", "Music production", "maya", None, None),
+    ("maya", "goal", "Get Identify functions to mastery", "maya", -7, "active"),
+    ("aiden", "aspiration", "Work as a car mechanic", "aiden", None, None),
+    ("aiden", "goal", "Master multi-step equations with two extra practice sets a week", "teacher", -10, "active"),
+    ("aiden", "note", "Responds well to worked examples; check in on Mondays.", "teacher", None, None),
+)
+SNAPSHOT_DAYS = (42, 35, 28, 21, 14, 7)
+
+
 def _seed(session: Session, district: District, platform: Platform, now: datetime) -> bool:
     """Create the sample class once; True when it was created now."""
     if session.scalars(select(Class.id).where(Class.district_id == district.id,
@@ -188,11 +242,12 @@ def _seed(session: Session, district: District, platform: Platform, now: datetim
         return False
     d = district.id
     today = now.date()
-    start = today - timedelta(days=28)
+    start = today - timedelta(days=TERM_DAYS_BEFORE)
+    end = start + timedelta(days=TERM_LENGTH)
     school = Org(district_id=d, sourced_id="sandbox-school", name="Sandbox Middle School", type="school",
                  status="active", updated_at=now)
     term = AcademicSession(district_id=d, sourced_id="sandbox-term", title="Fall term", type="term",
-                           start_date=start, end_date=start + timedelta(days=120), status="active", updated_at=now)
+                           start_date=start, end_date=end, status="active", updated_at=now)
     session.add_all([school, term])
     session.flush()
     course = Course(district_id=d, sourced_id="sandbox-algebra", title="Algebra I", course_code="ALG1",
@@ -228,8 +283,15 @@ def _seed(session: Session, district: District, platform: Platform, now: datetim
             session.add(GuardianLink(district_id=d, sourced_id=f"sandbox-guardian-{parent_key}-{child}",
                                      guardian_id=people[parent_key].id, student_id=people[child].id,
                                      relation="parent", status="active", updated_at=now))
-    students = [u for u in USERS if u.role == "student"]
-    rng = _Rng(7)
+    session.add(PacePlanRecord(district_id=d, class_id=klass.id, start_date=None, end_date=None, due_edits={},
+                               skip_weekends=False, skip_dates=[], updated_at=now))
+
+    def at(days_before: int, hour: int = 15) -> datetime:
+        return datetime.combine(today - timedelta(days=days_before), datetime.min.time(), UTC).replace(hour=hour)
+
+    modules: dict[int, Module] = {}
+    competencies: dict[str, Competency] = {}
+    activities: dict[str, Activity] = {}
     previous: Module | None = None
     for position, (title, outcomes) in enumerate(MODULES, start=1):
         module = Module(district_id=d, class_id=klass.id, sourced_id=f"sandbox-module-{position}", title=title,
@@ -237,45 +299,87 @@ def _seed(session: Session, district: District, platform: Platform, now: datetim
                         status="active", updated_at=now)
         session.add(module)
         session.flush()
-        previous = module
+        modules[position] = previous = module
+        due = start + timedelta(days=-(-(position * (TERM_LENGTH + 1)) // len(MODULES)) - 1)
         for j, outcome in enumerate(outcomes, start=1):
             comp = Competency(district_id=d, class_id=klass.id, sourced_id=f"sandbox-comp-{position}-{j}",
-                              title=outcome, points_possible=4.0, mastery_points=3.0,
-                              ratings=[[4, "Exceeds"], [3, "Mastery"], [2, "Near mastery"], [1, "Well below"]],
+                              title=outcome, points_possible=4.0, mastery_points=3.0, ratings=SANDBOX_RATINGS,
                               calculation_method="decaying_average", calculation_int=65, status="active",
                               updated_at=now)
             act = Activity(district_id=d, class_id=klass.id, module_id=module.id,
                            sourced_id=f"sandbox-quiz-{position}-{j}", title=f"Quiz: {outcome}", score_maximum=10.0,
-                           due_at=datetime.combine(start + timedelta(days=14 * position), datetime.min.time(), UTC),
+                           due_at=datetime.combine(due, datetime.min.time(), UTC).replace(hour=23),
                            status="active", updated_at=now)
             session.add_all([comp, act])
             session.flush()
             session.add(Alignment(district_id=d, sourced_id=f"{act.sourced_id}~{comp.sourced_id}",
                                   activity_id=act.id, competency_id=comp.id, status="active", updated_at=now))
-            # Students progress at different paces: the first modules have scores, later ones fewer.
-            for k, s in enumerate(students):
-                reached = max(1, 4 - k // 2)
-                if position > reached:
-                    continue
-                score = float(min(10, max(3, 6 + rng.next(5) - (k % 3))))
-                session.add(Result(district_id=d, sourced_id=f"sandbox-result-{position}-{j}-{s.key}",
-                                   person_id=people[s.key].id, activity_id=act.id, score=score, score_maximum=10.0,
-                                   scored_at=datetime.combine(start + timedelta(days=7 * position + k),
-                                                              datetime.min.time(), UTC),
+            competencies[f"{position}.{j}"] = comp
+            activities[f"{position}.{j}"] = act
+    for key, plan in SCORES.items():
+        for order, (comp_key, attempts) in enumerate(plan.items()):
+            for n, attempt in enumerate(attempts, start=1):
+                days_before, score = attempt[0], attempt[1]
+                comment = attempt[2] if len(attempt) > 2 else None  # type: ignore[misc]
+                session.add(Result(district_id=d, sourced_id=f"sandbox-result-{comp_key}-{key}-{n}",
+                                   person_id=people[key].id, activity_id=activities[comp_key].id, score=float(score),
+                                   score_maximum=10.0, scored_at=at(days_before, 14 + order % 6), comment=comment,
                                    status="active", updated_at=now))
+    for key, position, kind, days_before, note in OVERRIDES:
+        session.add(GateOverrideRecord(district_id=d, class_id=klass.id, person_id=people[key].id,
+                                       module_id=modules[position].id, kind=kind, note=note,
+                                       author_id=people["teacher"].id, at=at(days_before, 10)))
+    for key, extra_days, note in ACCOMMODATIONS:
+        session.add(AccommodationRecord(district_id=d, class_id=klass.id, person_id=people[key].id,
+                                        extra_days=extra_days, factor=1.0, note=note, updated_at=now))
+    for i, (key, kind, text, author, target, status) in enumerate(ENTRIES):
+        created = at(TERM_DAYS_BEFORE - 5 - i, 9)
+        session.add(ProfileEntryRecord(
+            district_id=d, person_id=people[key].id, kind=kind, text=text, author_id=people[author].id,
+            author_role="teacher" if author == "teacher" else "student",
+            target_date=today - timedelta(days=target) if target is not None else None, status=status,
+            created_at=created, updated_at=created))
     session.flush()
+    _seed_history(session, d, klass.id, people, competencies, today)
     return True
 
 
-class _Rng:
-    """A tiny deterministic generator so the seed is the same on every machine."""
+SANDBOX_RATINGS = [[4, "Exceeds"], [3, "Mastery"], [2, "Near mastery"], [1, "Well below"]]
 
-    def __init__(self, seed: int):
-        self.state = seed
 
-    def next(self, bound: int) -> int:
-        self.state = (self.state * 1103515245 + 12345) % (2**31)
-        return self.state % bound
+def _seed_history(session: Session, district_id: int, class_id: int, people: dict[str, Person],
+                  competencies: dict[str, Competency], today: date) -> None:
+    """Store weekly profile snapshots for the weeks before the seed, as the daily recompute would have."""
+    from plugin.learning.mastery import Competency as RuleCompetency
+    from plugin.learning.mastery import Evidence, aggregate_scores, rollup
+    from plugin.learning.profile import build_profile
+    from plugin.progress import snapshot_data
+
+    rules = [RuleCompetency(str(c.id), c.title, points_possible=4.0, mastery_points=3.0,
+                            ratings=tuple((float(p), str(t)) for p, t in SANDBOX_RATINGS),
+                            calculation_method="decaying_average", calculation_int=65)
+             for c in competencies.values()]
+    by_key = {key: str(c.id) for key, c in competencies.items()}
+    for days_before in SNAPSHOT_DAYS:
+        cutoff = today - timedelta(days=days_before)
+        taken = datetime.combine(cutoff, datetime.min.time(), UTC).replace(hour=23)
+        scores: dict[str, dict[str, Any]] = {}
+        for key, plan in SCORES.items():
+            sid = str(people[key].id)
+            for comp_key, attempts in plan.items():
+                rows = [Evidence(sid, by_key[comp_key], a[1], percent=a[1] / 10.0,
+                                 submitted_at=datetime.combine(today - timedelta(days=a[0]), datetime.min.time(), UTC))
+                        for a in attempts if a[0] >= days_before]
+                rule = next(r for r in rules if r.id == by_key[comp_key])
+                score = rollup(sid, rule, rows)
+                if score is not None:
+                    scores.setdefault(sid, {})[rule.id] = score
+        means = {r.id: aggregate_scores(s[r.id].score for s in scores.values() if r.id in s) for r in rules}
+        for key in SCORES:
+            sid = str(people[key].id)
+            snap = build_profile(sid, rules, scores.get(sid, {}), now=taken, class_means=means)
+            session.add(ProfileSnapshotRecord(district_id=district_id, class_id=class_id, person_id=people[key].id,
+                                              taken_on=cutoff, data=snapshot_data(snap)))
 
 
 # --------------------------------------------------------------------------- id_tokens

@@ -418,7 +418,8 @@ class OutboxItem(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_district_time", "district_id", "at"),)
+    __table_args__ = (Index("ix_audit_district_time", "district_id", "at"),
+                      Index("ix_audit_subject", "district_id", "subject"))
     id: Mapped[int] = _pk()
     district_id: Mapped[int | None] = mapped_column(
         ForeignKey("district.id", ondelete="CASCADE"), nullable=True
@@ -667,3 +668,43 @@ class CheckPostRecord(Base):
     activity_id: Mapped[int] = mapped_column(ForeignKey("activity.id", ondelete="CASCADE"))
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ============================================================================ admin console
+
+
+class AdminUser(Base):
+    """A local administrator of one district (district IT) who signs in at /admin/login with a password."""
+
+    __tablename__ = "admin_user"
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # werkzeug.security (scrypt)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiToken(Base):
+    """A bearer token for the admin JSON API of one district; only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart in lists
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RateLimit(Base):
+    """A fixed-window counter shared by every worker (failed admin sign-ins per account and per address)."""
+
+    __tablename__ = "rate_limit"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer, default=0)

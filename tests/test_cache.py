@@ -1,0 +1,136 @@
+"""The optional Redis cache: its small interface on a real redis-server, outages, and launches that use it."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import delete
+
+from plugin.cache import NullCache, RedisCache, cache_from_config, get_cache
+from plugin.config import load_config
+from plugin.store.db import get_store
+from plugin.store.models import PlatformKeySet
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_without_redis_the_cache_is_null() -> None:
+    cache = cache_from_config(load_config(env={}))
+    assert isinstance(cache, NullCache) and not cache.enabled
+    cache.set("k", b"v", 60)
+    assert cache.get("k") is None and cache.add_if_absent("k", b"v", 60) is None
+
+
+@pytest.mark.redis
+def test_get_set_and_add_if_absent(redis_url: str) -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    cache = RedisCache.from_url(redis_url, prefix=prefix)
+    assert cache.get("a") is None
+    cache.set("a", "1", 60)
+    assert cache.get("a") == b"1"
+    assert cache.add_if_absent("once", b"x", 30) is True
+    assert cache.add_if_absent("once", b"y", 30) is False
+    assert cache.get("once") == b"x"
+    raw = redis.Redis.from_url(redis_url)
+    assert 0 < raw.ttl(prefix + "once") <= 30 and 0 < raw.ttl(prefix + "a") <= 60
+    other = RedisCache.from_url(redis_url, prefix=f"test:{uuid.uuid4().hex}:")
+    assert other.get("a") is None  # prefixes keep several Trailmarks apart
+    cache.set("gone", b"1", 0)  # no TTL, no write
+    assert cache.get("gone") is None
+    raw.delete(prefix + "a", prefix + "once")
+
+
+class CountingClient:
+    def __init__(self, client: Any):
+        self.client = client
+        self.calls = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.client.get(*args, **kwargs)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.client.set(*args, **kwargs)
+
+
+def test_an_unreachable_redis_is_a_miss_and_is_left_alone_for_a_while() -> None:
+    cache = RedisCache.from_url(f"redis://127.0.0.1:{_closed_port()}/0", timeout=0.2)
+    client = CountingClient(cache.client)
+    cache.client, cache.backoff_seconds = client, 60
+    assert cache.get("k") is None
+    assert cache.add_if_absent("k", b"1", 10) is None  # unknown, never "absent"
+    cache.set("k", b"1", 10)
+    assert client.calls == 1  # after the first failure, no call waits on a dead server
+
+
+# --------------------------------------------------------------------------- launches with Redis
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("redis")
+    if marker is None:
+        return app_config
+    url = request.getfixturevalue("redis_url")
+    return {**app_config, "redis": {"url": url, "key_prefix": f"test:{uuid.uuid4().hex}:"}}
+
+
+@pytest.mark.redis
+def test_a_replayed_launch_is_refused_by_redis_and_by_the_database(app: Any, client: Any, lti: Any) -> None:
+    state, nonce = lti.login(client)
+    token = lti.sign(lti.claims(nonce))
+    assert client.post("/lti/launch", data={"id_token": token, "state": state}).status_code == 303
+    cache = get_cache(app)
+    assert isinstance(cache, RedisCache)
+    keys = list(cache.client.scan_iter(cache.prefix + "nonce:*"))
+    assert len(keys) == 1
+
+    replay = client.post("/lti/launch", data={"id_token": token, "state": state})
+    assert replay.status_code == 401 and "nonce_replayed" in replay.get_data(as_text=True)
+
+    cache.client.delete(*keys)  # Redis restarted or evicted the key: the database still knows
+    replay = client.post("/lti/launch", data={"id_token": token, "state": state})
+    assert replay.status_code == 401 and "nonce_replayed" in replay.get_data(as_text=True)
+
+
+@pytest.mark.redis
+def test_a_second_worker_gets_the_platform_keys_from_redis(app: Any, app_config: dict[str, Any], client: Any,
+                                                           lti: Any) -> None:
+    from plugin.app import create_app
+
+    assert lti.launch(client).status_code == 303
+    assert lti.jwks_calls == 1
+    with get_store(app).session() as session:  # not even the database copy is needed
+        session.execute(delete(PlatformKeySet))
+    second = create_app(app_config, env={})  # a fresh process: nothing in memory
+    try:
+        assert lti.launch(second.test_client()).status_code == 303
+        assert lti.jwks_calls == 1
+    finally:
+        get_store(second).dispose()
+
+
+def test_launches_work_while_redis_is_down(app_config: dict[str, Any], lti: Any) -> None:
+    from plugin.app import create_app
+
+    down = create_app({**app_config, "redis": {"url": f"redis://127.0.0.1:{_closed_port()}/0",
+                                               "timeout_seconds": 0.2}}, env={})
+    try:
+        client = down.test_client()
+        assert lti.launch(client).status_code == 303
+        state, nonce = lti.login(client)
+        token = lti.sign(lti.claims(nonce))
+        assert client.post("/lti/launch", data={"id_token": token, "state": state}).status_code == 303
+        replay = client.post("/lti/launch", data={"id_token": token, "state": state})
+        assert replay.status_code == 401 and "nonce_replayed" in replay.get_data(as_text=True)
+    finally:
+        get_store(down).dispose()
