@@ -29,7 +29,8 @@ test: $(VENV)/.installed ## The whole suite: SQLite, then PostgreSQL (TRAILMARK_
 	@if [ -n "$$TRAILMARK_TEST_POSTGRES_URL" ]; then $(MAKE) --no-print-directory test-postgres; fi
 
 test-sqlite: $(VENV)/.installed ## The suite on SQLite, browser tests included
-	env -u TRAILMARK_TEST_POSTGRES_URL $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	env -u TRAILMARK_TEST_POSTGRES_URL TRAILMARK_REQUIRE="$$(echo "$$TRAILMARK_REQUIRE" | sed 's/postgres//')" \
+	  $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 test-postgres: $(VENV)/.installed ## The suite again on PostgreSQL (browser tests run once, on SQLite)
 	$(PY) -m pytest -n 2 -q -m "not browser" $(PYTEST_ARGS)
