@@ -109,6 +109,7 @@ def _error_pages(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
         log.exception("unhandled error on %s", request.path)
+        db.discard_session()  # nothing half-done is committed at teardown
         return render_template("error.html", title="Something went wrong",
                                message="Trailmark hit an unexpected error. It has been logged; please try again.",
                                reason=None, hint=None, status=500), 500

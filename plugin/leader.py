@@ -106,7 +106,9 @@ class PostgresElector:
                 pass
 
     def try_acquire(self) -> bool:
-        """Run ``pg_try_advisory_lock`` on the dedicated connection."""
+        """Run ``pg_try_advisory_lock`` on the dedicated connection (once: session locks stack)."""
+        if self._held:
+            return self.still_held()
         try:
             conn = self._connect()
             self._held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:id)"),
@@ -134,8 +136,8 @@ class PostgresElector:
     def release(self) -> None:
         """Unlock and close the dedicated connection."""
         if self._conn is not None and self._held:
-            try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": self.lock_id})
+            try:  # the connection is dedicated to this lock, so all of its advisory locks are this one
+                self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
             except DBAPIError:
                 pass
         self._drop()

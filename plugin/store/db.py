@@ -127,6 +127,16 @@ def get_store(app: Flask | None = None) -> Store:
     return (app or current_app).extensions[EXTENSION]
 
 
+def discard_session() -> None:
+    """Roll back and drop the request's session (after an error the request handled itself)."""
+    from flask import g
+
+    session: Session | None = g.pop("db_session", None)
+    if session is not None:
+        session.rollback()
+        session.close()
+
+
 def get_session() -> Session:
     """The request's session (committed at teardown unless the request failed)."""
     from flask import g

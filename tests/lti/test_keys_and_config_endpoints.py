@@ -60,3 +60,23 @@ def test_pages_send_no_referrer(client):
 def test_unknown_page_is_a_friendly_404(client):
     resp = client.get("/nowhere")
     assert resp.status_code == 404 and "no page at this address" in resp.get_data(as_text=True)
+
+
+def test_unexpected_error_rolls_back_and_shows_a_page(app, client):
+    from sqlalchemy import func, select
+
+    from plugin.store.db import get_session, get_store
+    from plugin.store.models import District
+
+    @app.get("/boom")
+    def boom():
+        from datetime import UTC, datetime
+
+        get_session().add(District(slug="half-done", name="x", settings={}, created_at=datetime.now(UTC)))
+        get_session().flush()
+        raise RuntimeError("boom")
+
+    resp = client.get("/boom")
+    assert resp.status_code == 500 and "Traceback" not in resp.get_data(as_text=True)
+    with get_store(app).session() as s:
+        assert s.scalar(select(func.count()).select_from(District).where(District.slug == "half-done")) == 0
