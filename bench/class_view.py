@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=35)
     parser.add_argument("--renders", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+
     args = parser.parse_args()
 
     from plugin.app import create_app

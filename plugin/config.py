@@ -378,7 +378,8 @@ def validate_config(raw: Mapping[str, Any], *, origin: str = "configuration") ->
             problems.append(f"  platforms[{i}].district: no [[districts]] entry with slug {platform['district']!r}")
     url = cfg["server"]["public_url"]
     if url and not urlsplit(url).scheme.startswith("http"):
-        problems.append(f"  server.public_url: expected an http(s) URL like https://trailmark.example.org (got {url!r})")
+        problems.append("  server.public_url: expected an http(s) URL like https://trailmark.example.org "
+                        f"(got {url!r})")
     if cfg["mode"] == "production" and url and not url.startswith("https://"):
         problems.append("  server.public_url: production needs https (LTI cookies must be Secure)")
     problems.extend(_redis_problems(cfg["redis"]))

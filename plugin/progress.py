@@ -25,7 +25,7 @@ from plugin.learning.gating import GateOverride, MasteryCheck, OverrideKind
 from plugin.learning.gating import Module as LModule
 from plugin.learning.mastery import Competency as LCompetency
 from plugin.learning.mastery import Evidence, level_of
-from plugin.learning.pace import Accommodation, build_plan
+from plugin.learning.pace import Accommodation, plan_from_settings
 from plugin.learning.profile import EntryKind, GoalStatus, ProfileEntry
 from plugin.learning.recompute import ClassData, ClassResult, LearningSettings, recompute_class
 from plugin.store import models as m
@@ -233,14 +233,10 @@ def _class_data(session: Session, district: m.District, b: _Batch, today: date) 
         start, end = b.terms.get(cid, (None, None))
         if plan_row is not None:
             start, end = plan_row.start_date or start, plan_row.end_date or end
-        pace_plan = None
-        if start and end and end > start and modules:
-            edits = {k: date.fromisoformat(v) for k, v in ((plan_row.due_edits or {}) if plan_row else {}).items()
-                     if isinstance(v, str)}
-            pace_plan = build_plan(str(cid), start, end, [str(x.id) for x in modules], edits=edits,
-                                   skip_weekends=plan_row.skip_weekends if plan_row else True,
-                                   skip_dates=[date.fromisoformat(d) for d in (plan_row.skip_dates or [])]
-                                   if plan_row else ())
+        pace_plan = plan_from_settings(
+            str(cid), start, end, [str(x.id) for x in modules], edits=plan_row.due_edits if plan_row else None,
+            skip_weekends=plan_row.skip_weekends if plan_row else True,
+            skip_dates=plan_row.skip_dates if plan_row else ())
         students = tuple(str(p) for p in b.students.get(cid, []))
         out.append(ClassData(
             class_id=str(cid), student_ids=students, competencies=comps, modules=lmodules,

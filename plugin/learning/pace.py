@@ -358,3 +358,41 @@ def velocity(done_dates: Iterable[date], today: date, window_days: int = 14) -> 
     """Return completions per day over the ``window_days`` days up to ``today``."""
     window_start = today - timedelta(days=window_days - 1)
     return sum(1 for day in done_dates if window_start <= day <= today) / window_days
+
+
+def plan_from_settings(
+    class_id: str,
+    start: date | None,
+    end: date | None,
+    module_ids: Sequence[str],
+    *,
+    edits: Mapping[str, object] | None = None,
+    skip_weekends: bool = True,
+    skip_dates: Iterable[object] = (),
+) -> PacePlan | None:
+    """Build a plan from stored settings, or None without a term or modules.
+
+    Edits for modules no longer in the class, unreadable dates and dates outside the term are left out rather than
+    refused, so one stale edit never stops a recompute.
+    """
+    if not (start and end and end > start and module_ids):
+        return None
+    known = set(module_ids)
+    kept: dict[str, date] = {}
+    for key, value in (edits or {}).items():
+        day = _as_date(value)
+        if key in known and day is not None and start <= day <= end:
+            kept[key] = day
+    skips = [d for d in (_as_date(v) for v in skip_dates) if d is not None]
+    return build_plan(class_id, start, end, module_ids, edits=kept, skip_weekends=skip_weekends, skip_dates=skips)
+
+
+def _as_date(value: object) -> date | None:
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return None
+    return None

@@ -14,6 +14,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from plugin.learning._records import positional_constructor
 from plugin.learning.alerts import EscalationPolicy, describe_pace
 from plugin.learning.gating import (
     GateReason,
@@ -32,9 +33,9 @@ from plugin.learning.pace import (
     PaceState,
     PaceStatus,
     TermPhase,
-    build_plan,
     due_dates_for,
     pace_line,
+    plan_from_settings,
     spread_due_dates,
 )
 from plugin.learning.profile import ProfileSnapshot, growth
@@ -55,6 +56,8 @@ from plugin.store.queries import (
     SnapshotRow,
     StudentInfo,
 )
+
+_new_score = positional_constructor(MasteryScore)
 
 # --------------------------------------------------------------------------- mastery levels in the grid
 
@@ -197,26 +200,10 @@ def plan_for(info: ClassInfo, row: PlanRow | None, module_ids: Sequence[int]) ->
     start, end = info.term_start, info.term_end
     if row is not None:
         start, end = row.start_date or start, row.end_date or end
-    if not (start and end and end > start and module_ids):
-        return None
-    ids = [str(m) for m in module_ids]
-    edits: dict[str, date] = {}
-    for key, value in (row.due_edits if row else {}).items():
-        if key in ids and isinstance(value, str):
-            try:
-                day = date.fromisoformat(value)
-            except ValueError:
-                continue
-            if start <= day <= end:
-                edits[key] = day
-    skip_dates: list[date] = []
-    for value in row.skip_dates if row else ():
-        try:
-            skip_dates.append(date.fromisoformat(value))
-        except ValueError:
-            continue
-    return build_plan(str(info.id), start, end, ids, edits=edits,
-                      skip_weekends=row.skip_weekends if row else True, skip_dates=skip_dates)
+    return plan_from_settings(str(info.id), start, end, [str(m) for m in module_ids],
+                              edits=row.due_edits if row else None,
+                              skip_weekends=row.skip_weekends if row else True,
+                              skip_dates=row.skip_dates if row else ())
 
 
 def even_dates(plan: PacePlan) -> dict[str, date]:
@@ -273,12 +260,6 @@ def alert_views(rows: Iterable[AlertRow], students: Mapping[int, StudentInfo], t
 
 def far_behind_days() -> int:
     return EscalationPolicy().level3_after_days
-
-
-def days_text(days: int) -> str:
-    if days <= 0:
-        return "opened today"
-    return f"{days} day" + ("" if days == 1 else "s")
 
 
 # --------------------------------------------------------------------------- gates and paths
@@ -533,9 +514,11 @@ def groups_for(students: Sequence[StudentInfo], columns: Sequence[Column], score
     """Suggested mini-lesson groups: students sharing a gap (plugin.learning.groups)."""
     gaps: dict[str, dict[str, MasteryScore]] = {}
     for pid, mine in scores.items():
+        student = str(pid)
         for cid, (score, mastered, _level, count) in mine.items():
             if not mastered:  # a group is about a gap: mastered scores never join one
-                gaps.setdefault(str(pid), {})[str(cid)] = MasteryScore(str(pid), str(cid), score, count, False, None)
+                comp = str(cid)
+                gaps.setdefault(student, {})[comp] = _new_score(student, comp, score, count, False, None)
     comps = [LCompetency(str(c.competency.id), c.competency.title) for c in columns]
     codes = {str(c.competency.id): c.code for c in columns}
     people = {str(s.id): s for s in students}

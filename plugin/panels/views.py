@@ -119,7 +119,7 @@ def home() -> Response:
     if row.claims.get("message_type") == "LtiDeepLinkingRequest":
         return redirect(url_for("panels.deep_link", ltik=g.ltik))  # type: ignore[return-value]
     target = {TEACHER: "panels.teacher", STUDENT: "panels.student", PARENT: "panels.parent",
-              ADMIN: "panels.admin"}[row.view]
+              ADMIN: "admin.home"}[row.view]
     return redirect(url_for(target, ltik=g.ltik))  # type: ignore[return-value]
 
 
@@ -566,15 +566,6 @@ def signin_link(token: str) -> Any:
                            action="sign_in_by_email", subject=f"person:{person.id}", detail={}))
     session.commit()
     return redirect(url_for("panels.parent", ltik=ticket))
-
-
-@bp.get("/admin")
-@require_session(ADMIN)
-def admin() -> str:
-    row: AppSession = g.app_session
-    session = get_session()
-    return render_template("panels/admin.html", platforms=queries.list_platforms(session, row.district_id),
-                           keys=queries.list_keys(session))
 
 
 @bp.route("/deep-link", methods=["GET", "POST"])

@@ -334,7 +334,7 @@ class Activity(_Canonical, Base):
 
 class Competency(_Canonical, Base):
     __tablename__ = "competency"
-    __table_args__ = (UniqueConstraint("district_id", "sourced_id"),)
+    __table_args__ = (UniqueConstraint("district_id", "sourced_id"), Index("ix_competency_class", "class_id"))
     class_id: Mapped[int | None] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"), nullable=True)
     title: Mapped[str] = mapped_column(String(255))
     description: Mapped[str] = mapped_column(Text, default="")

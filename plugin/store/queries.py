@@ -38,7 +38,9 @@ from plugin.store.models import (
 
 
 def get_person(session: Session, district_id: int, person_id: int) -> Person | None:
-    return session.scalars(select(Person).where(Person.district_id == district_id, Person.id == person_id)).first()
+    """A person of the district by id (a primary-key lookup, served from the session when already loaded)."""
+    person = session.get(Person, person_id)
+    return person if person is not None and person.district_id == district_id else None
 
 
 def get_class(session: Session, district_id: int, class_id: int) -> Class | None:

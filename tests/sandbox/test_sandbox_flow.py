@@ -95,8 +95,10 @@ def test_panels_without_a_session_say_so(client):
 
 def test_admin_launch_shows_platforms(client):
     url, page = _panel(client, follow_sandbox_launch(client, "admin"))
-    assert "/p/admin" in url
-    assert "Sandbox LMS" in page.get_data(as_text=True)
+    assert "/admin/" in url
+    assert page.status_code == 200
+    ltik = url.split("ltik=")[1]
+    assert "Sandbox LMS" in client.get(f"/admin/platforms?ltik={ltik}").get_data(as_text=True)
 
 
 def test_deep_linking_adds_items_and_a_gradebook_column(client, app):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 17:20:52.753902
+Create Date: 2026-11-25 17:36:06.071462
 """
 from alembic import op
 import sqlalchemy as sa
@@ -491,6 +491,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('district_id', 'sourced_id')
     )
+    with op.batch_alter_table('competency', schema=None) as batch_op:
+        batch_op.create_index('ix_competency_class', ['class_id'], unique=False)
+
     op.create_table('enrollment',
     sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -859,6 +862,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_enrollment_class')
 
     op.drop_table('enrollment')
+    with op.batch_alter_table('competency', schema=None) as batch_op:
+        batch_op.drop_index('ix_competency_class')
+
     op.drop_table('competency')
     with op.batch_alter_table('app_session', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_app_session_expires_at'))
