@@ -97,7 +97,7 @@ def test_missing_district_file(tmp_path):
 
 
 def test_duplicate_source_names(tmp_path):
-    text = "\n".join(f'[[sources]]\nname = "a"\nkind = "fake"\ndistrict = "sandbox"' for _ in range(2))
+    text = "\n".join('[[sources]]\nname = "a"\nkind = "fake"\ndistrict = "sandbox"' for _ in range(2))
     with pytest.raises(ConfigError, match="used twice"):
         load_config(env={"TRAILMARK_CONFIG": _write(tmp_path, text)})
 

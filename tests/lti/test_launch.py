@@ -86,8 +86,9 @@ def test_rotated_platform_key_is_picked_up(client, lti, app):
     assert lti.launch(client).status_code == 303
     lti.key, lti.kid = new_rsa(), "platform-key-2"
     with get_store(app).session() as s:  # the cached key set is older than the re-fetch floor
-        from plugin.store.models import PlatformKeySet
         from datetime import UTC, datetime, timedelta
+
+        from plugin.store.models import PlatformKeySet
 
         row = s.scalars(select(PlatformKeySet)).one()
         row.fetched_at = datetime.now(UTC) - timedelta(minutes=5)
