@@ -25,7 +25,7 @@ from sqlalchemy import select
 from connectors import outbox, sync
 from connectors.base import ConfigurationError, Connector, Scope
 from connectors.registry import build_connector
-from plugin import privacy
+from plugin import notify, privacy
 from plugin.store import models
 from plugin.store.db import get_store
 
@@ -97,6 +97,7 @@ def build_scheduler(app: Flask) -> BackgroundScheduler:
     scheduler.add_job(run_outbox_job, IntervalTrigger(seconds=seconds, timezone=UTC), args=(app,), id="outbox",
                       name="outbox", max_instances=1, coalesce=True, replace_existing=True)
     privacy.register_jobs(scheduler, app)  # the daily retention purge
+    notify.register_jobs(scheduler, app)  # the daily learning recompute and the weekly digest
     return scheduler
 
 

@@ -117,3 +117,32 @@ def test_bad_email_and_unknown_district(mail_client):
     _app, client = mail_client
     assert client.post("/p/signin/sandbox", data={"email": "nope"}).status_code == 400
     assert client.get("/p/signin/atlantis").status_code == 404
+
+
+def test_weekly_digest_reaches_teacher_and_parent(mail_client, smtp):
+    from plugin import notify
+    from plugin.store.models import District
+
+    app, _client = mail_client
+    inbox, _ = smtp
+    with get_store(app).session() as s:
+        district = s.scalars(select(District).where(District.slug == "sandbox")).one()
+        sent = notify.send_weekly_digests(s, district.id, app.config["TRAILMARK"]["mail"],
+                                          base_url="http://localhost")
+    _wait(inbox, sent)
+    assert sent == 2
+    recipients = sorted(r[0] for r, _ in inbox.messages)
+    assert recipients == ["parent@sandbox.trailmark.invalid", "teacher@sandbox.trailmark.invalid"]
+    parent_mail = next(body for r, body in inbox.messages if r == ["parent@sandbox.trailmark.invalid"])
+    assert "Maya" in parent_mail and "Leo" not in parent_mail  # only their own child
+    assert "/p/signin/link/" in parent_mail
+    teacher_mail = next(body for r, body in inbox.messages if r == ["teacher@sandbox.trailmark.invalid"])
+    assert "Aiden" in teacher_mail  # the far-behind student is in the teacher's digest
+
+
+def test_daily_and_weekly_jobs_are_registered(mail_client):
+    from plugin.jobs import build_scheduler
+
+    app, _client = mail_client
+    ids = {job.id for job in build_scheduler(app).get_jobs()}
+    assert {"learning:daily", "learning:digest"} <= ids
