@@ -21,23 +21,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from connectors.oneroster.csvpkg import HEADERS_1_1
+from connectors.oneroster.csvpkg import HEADERS_1_1, MANIFEST_FILES_1_1
 
-VERSION_FILES = (
-    "academicSessions",
-    "categories",
-    "classes",
-    "classResources",
-    "courses",
-    "courseResources",
-    "demographics",
-    "enrollments",
-    "lineItems",
-    "orgs",
-    "resources",
-    "results",
-    "users",
-)
+VERSION_FILES = MANIFEST_FILES_1_1
 WRITTEN = ("orgs", "academicSessions", "courses", "classes", "users", "enrollments")
 
 # The OneRoster 1.1 CSV headers, in the order the specification lists them (the reader's own table).

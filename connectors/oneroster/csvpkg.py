@@ -51,6 +51,22 @@ T = TypeVar("T")
 
 MODES = ("bulk", "delta", "absent")
 VERSIONS = ("1.0", "1.1", "1.2")
+# The files a OneRoster 1.1 manifest names (file.<name> = bulk | delta | absent).
+MANIFEST_FILES_1_1 = (
+    "academicSessions",
+    "categories",
+    "classes",
+    "classResources",
+    "courses",
+    "courseResources",
+    "demographics",
+    "enrollments",
+    "lineItems",
+    "orgs",
+    "resources",
+    "results",
+    "users",
+)
 
 #: The column order the spec gives each file (1.1; 1.2 where it differs). Used in messages and by writers.
 HEADERS_1_1: Mapping[str, tuple[str, ...]] = {

@@ -148,18 +148,13 @@ def launch() -> Response:
 
 
 def _session_claims(ctx: LaunchContext) -> dict[str, Any]:
-    """The few launch facts panels use later (no raw id_token is kept)."""
-    return {
-        "message_type": ctx.message_type, "context_title": ctx.context_title, "resource_link_id":
-        ctx.resource_link_id, "resource_link_title": ctx.resource_link_title, "placement":
-        ctx.custom.get("trailmark_placement"), "module": ctx.custom.get("trailmark_module"),
-        "nrps_url": ctx.nrps_url, "ags_lineitems_url": ctx.ags_lineitems_url, "ags_lineitem_url":
-        ctx.ags_lineitem_url, "ags_scopes": list(ctx.ags_scopes), "deep_link_return_url": ctx.deep_link_return_url,
-        "deep_link_data": ctx.deep_link_data, "deep_link_accept_multiple": ctx.deep_link_accept_multiple,
-        "deep_link_accept_lineitem": ctx.deep_link_accept_lineitem, "return_url": ctx.return_url,
-        "platform_family": ctx.platform_family, "issuer": ctx.issuer, "client_id": ctx.client_id,
-        "name": ctx.name,
-    }
+    """Only the launch facts panels read later: no raw id_token, no names or emails (those live in the roster)."""
+    claims: dict[str, Any] = {"message_type": ctx.message_type, "issuer": ctx.issuer, "client_id": ctx.client_id}
+    if ctx.is_deep_linking:
+        claims.update(deep_link_return_url=ctx.deep_link_return_url, deep_link_data=ctx.deep_link_data,
+                      deep_link_accept_multiple=ctx.deep_link_accept_multiple,
+                      deep_link_accept_lineitem=ctx.deep_link_accept_lineitem)
+    return claims
 
 
 def _new_window_page(exc: LtiError) -> Response:

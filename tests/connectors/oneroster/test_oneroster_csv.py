@@ -28,6 +28,7 @@ from connectors.base import (
 from connectors.oneroster import OneRosterConnector, OneRosterCsvConnector
 from connectors.oneroster import schemas as s
 from connectors.oneroster.csvpkg import (
+    MANIFEST_FILES_1_1,
     CsvPackage,
     PackageReader,
     fast_class,
@@ -38,21 +39,7 @@ from connectors.oneroster.csvpkg import (
     record_builder,
 )
 
-ALL_FILES = (
-    "academicSessions",
-    "categories",
-    "classes",
-    "classResources",
-    "courses",
-    "courseResources",
-    "demographics",
-    "enrollments",
-    "lineItems",
-    "orgs",
-    "resources",
-    "results",
-    "users",
-)
+ALL_FILES = MANIFEST_FILES_1_1
 
 
 def manifest(version: str = "1.1", **modes: str) -> str:
