@@ -143,6 +143,10 @@ class Module:
     # (activity sourced id, or None for an ungraded item; requirement type; min score) per item with a
     # completion requirement, e.g. ("812", "min_score", 8.0) or (None, "must_view", None)
     completion_requirements: tuple[tuple[str | None, str, float | None], ...] = ()
+    # what the LMS itself demands before each item of the module opens (Moodle restrict access), per item that
+    # can be restricted: (item title, ((activity sourced id, minimum percent of its range), …)), e.g.
+    # ("Systems quiz", (("9001", 100.0),)); read back to confirm that a mastery gate is really enforced
+    access_conditions: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,13 @@
 
 Retries run on tenacity (stop/wait/retry predicates, injectable sleep) rather than urllib3's ``Retry``,
 which cannot read a 403 body to tell Canvas's throttle from a permission error nor raise our typed errors.
+
+A district pull is thousands of small requests from a few threads sharing one interpreter lock, so the
+per-request work is kept lean: while the session carries nothing per request (no cookies, parameters,
+session auth or hooks) a request is prepared directly (an opaque next-page URL is not parsed at all) and
+handed to the mounted adapter, with the session's cookie, redirect and body handling repeated only where
+a response needs it; otherwise the session's own ``prepare_request``/``send`` are used. ``max_in_flight``
+caps the requests one client has on the wire at once, whatever the number of threads using it.
 """
 
 from __future__ import annotations
@@ -13,14 +20,18 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import requests.auth
 import tenacity
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
+from requests.sessions import merge_setting, preferred_clock
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_netrc_auth, requote_uri
 
 from connectors.base import (
     AuthError,
@@ -100,6 +111,55 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def encode_params(params: Any) -> str | None:
+    """Return ``params`` (a mapping or a list of pairs) as a query string, as requests encodes them.
+
+    ``None`` for any other shape, which is then left to requests. Equal to requests' own encoding (list
+    values repeat the key, ``None`` values are dropped, text is UTF-8) without its per-call type probing.
+    """
+    if isinstance(params, Mapping):
+        pairs: Any = params.items()
+    elif isinstance(params, (list, tuple)):
+        pairs = params
+    else:
+        return None
+    result: list[tuple[Any, Any]] = []
+    for key, values in pairs:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            values = [values]
+        for value in values:
+            if value is not None:
+                result.append((key.encode("utf-8") if isinstance(key, str) else key,
+                               value.encode("utf-8") if isinstance(value, str) else value))
+    return urlencode(result, doseq=True)
+
+
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _params_key(params: Any) -> tuple[Any, ...] | None:
+    """Return a key equal only for parameters that encode alike (types included), or ``None``."""
+    if isinstance(params, Mapping):
+        pairs: Any = params.items()
+    elif isinstance(params, (list, tuple)):
+        pairs = params
+    else:
+        return None
+    key: list[Any] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2 or type(pair[0]) not in _PLAIN:
+            return None
+        name, value = pair
+        if type(value) in (list, tuple):
+            if any(type(v) not in _PLAIN for v in value):
+                return None
+            value = (type(value), tuple((type(v), v) for v in value))
+        elif type(value) not in _PLAIN:
+            return None
+        key.append((type(name), name, type(value), value))
+    return tuple(key)
 
 
 def error_message(response: requests.Response) -> str:
@@ -200,6 +260,7 @@ class HttpClient:
         user_agent: str = DEFAULT_USER_AGENT,
         pool_size: int = 10,
         rng: random.Random | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         if base_url and not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"{source}: base_url must be an http(s) URL, got {base_url!r}",
@@ -224,6 +285,9 @@ class HttpClient:
             session.mount("http://", adapter)
         self.session = session
         self.headers: dict[str, str] = {"User-Agent": user_agent, **(headers or {})}
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._queries: dict[Any, str] = {}
+        self._header_sets: dict[Any, CaseInsensitiveDict[Any]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -323,22 +387,22 @@ class HttpClient:
         expected: tuple[int, ...],
     ) -> requests.Response:
         full = self.url_for(url)
+        opaque = params is None and url.startswith(("http://", "https://"))
+        request_headers = {**self.headers, **headers} if headers else self.headers
         refreshed = False
         while True:
-            prepared = self.session.prepare_request(
-                requests.Request(method, full, params=params, data=data, json=json,
-                                 headers={**self.headers, **(headers or {})})
-            )
-            if params is None and url.startswith(("http://", "https://")):
-                prepared.url = full  # opaque next-page URL: sent exactly as the server wrote it
-            if self.auth is not None:
-                prepared.prepare_auth(self.auth, full)  # after the URL is final, so signatures match
+            lean = self._lean()
+            prepared = self._prepare(method, full, params=params, data=data, json=json,
+                                     headers=request_headers, opaque=opaque, lean=lean)
             with self._count_lock:
                 self.requests_made += 1
             started = time.monotonic()
             try:
-                response = self.session.send(prepared, timeout=self.timeout, allow_redirects=True,
-                                             **self._environment(full))
+                if self._slots is None:
+                    response = self._transmit(prepared, self._environment(full), lean=lean)
+                else:
+                    with self._slots:
+                        response = self._transmit(prepared, self._environment(full), lean=lean)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 log.debug("%s %s %s failed: %s", self.source, method, redact(full), type(exc).__name__)
                 reason = f"{type(exc).__name__}: {redact(str(exc))}"
@@ -353,14 +417,104 @@ class HttpClient:
                 raise UpstreamError(
                     f"{self.source}: {method} {redact(full)} failed: {redact(str(exc))}", source=self.source
                 ) from exc
-            log.debug("%s %s %s -> %d (%.0f ms)", self.source, method, redact(full), response.status_code,
-                      (time.monotonic() - started) * 1000)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s %s -> %d (%.0f ms)", self.source, method, redact(full),
+                          response.status_code, (time.monotonic() - started) * 1000)
             if response.status_code == 401 and not refreshed and self._refresh(prepared):
                 refreshed = True
                 continue
             if response.status_code < 400 or response.status_code in expected:
                 return response
             raise self._error(method, full, response)
+
+    def _lean(self) -> bool:
+        """Whether the session adds nothing per request, so requests may skip its merging steps."""
+        session = self.session
+        return (not session.cookies and not session.params and session.auth is None
+                and not any(session.hooks.values()))
+
+    def _prepare(self, method: str, full: str, *, params: Any, data: Any, json: Any,
+                 headers: Mapping[str, str], opaque: bool, lean: bool) -> requests.PreparedRequest:
+        """Return the request to send, authenticated after its URL is final (so signatures match)."""
+        if not lean:
+            prepared = self.session.prepare_request(
+                requests.Request(method, full, params=params, data=data, json=json, headers=dict(headers)))
+            if opaque:
+                prepared.url = full  # opaque next-page URL: sent exactly as the server wrote it
+        else:
+            prepared = requests.PreparedRequest()
+            prepared.prepare_method(method)
+            query = self._query(params) if params is not None and "#" not in full else None
+            if opaque:
+                prepared.url = full
+            elif query is None:
+                prepared.prepare_url(full, params)
+            else:  # what prepare_url(full, params) gives, with the encoded parameters reused
+                prepared.prepare_url(full, None)
+                if query:
+                    prepared.url = f"{prepared.url}{'&' if '?' in (prepared.url or '') else '?'}{query}"
+            prepared.headers = self._headers(headers)
+            prepared.prepare_body(data, None, json)
+            auth = self.auth
+            if auth is None and self.session.trust_env:
+                auth = get_netrc_auth(full)
+            prepared.prepare_auth(auth, full)  # None: credentials in the URL, as the session does
+            return prepared
+        if self.auth is not None:
+            prepared.prepare_auth(self.auth, full)
+        return prepared
+
+    def _headers(self, headers: Mapping[str, str]) -> CaseInsensitiveDict[Any]:
+        """Return the session's headers merged with ``headers`` and checked, as prepare_request would."""
+        key = (tuple(self.session.headers.items()), tuple(headers.items()))
+        template = self._header_sets.get(key)
+        if template is None:
+            probe = requests.PreparedRequest()
+            probe.prepare_headers(merge_setting(headers, self.session.headers, dict_class=CaseInsensitiveDict))
+            template = probe.headers
+            if len(self._header_sets) >= 64:
+                self._header_sets.clear()
+            self._header_sets[key] = template
+        return template.copy()
+
+    def _query(self, params: Any) -> str | None:
+        """Return ``params`` encoded and requoted as requests would append them (memoised per value)."""
+        key = _params_key(params)
+        if key is not None and (cached := self._queries.get(key)) is not None:
+            return cached
+        encoded = encode_params(params)
+        if encoded is None:
+            return None
+        query = requote_uri(encoded)
+        if key is not None:
+            if len(self._queries) >= 256:
+                self._queries.clear()
+            self._queries[key] = query
+        return query
+
+    def _transmit(self, prepared: requests.PreparedRequest, settings: dict[str, Any], *, lean: bool
+                  ) -> requests.Response:
+        """Send ``prepared`` as ``Session.send`` would (cookies kept, redirects followed, body read)."""
+        session = self.session
+        kwargs = {**settings, "timeout": self.timeout}
+        if not lean:
+            return session.send(prepared, allow_redirects=True, **kwargs)
+        adapter = session.get_adapter(url=prepared.url or "")
+        start = preferred_clock()
+        response = adapter.send(prepared, **kwargs)
+        response.elapsed = timedelta(seconds=preferred_clock() - start)
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            extract_cookies_to_jar(session.cookies, prepared, response.raw)
+        if response.is_redirect:
+            prepared._cookies = RequestsCookieJar()
+            history = list(session.resolve_redirects(response, prepared, **kwargs))
+            if history:
+                history.insert(0, response)
+                response = history.pop()
+                response.history = history
+        if not kwargs.get("stream"):
+            response.content  # noqa: B018 - read the body while holding the slot
+        return response
 
     def _environment(self, url: str) -> dict[str, Any]:
         """Proxies and CA bundle from the environment for ``url``'s origin, resolved once per origin."""

@@ -11,6 +11,10 @@ A claim moves ``next_attempt_at`` past a short lease before the push, so a dispa
 lets another retry the item later; on PostgreSQL the claim also skips rows another dispatcher has locked
 (``FOR UPDATE SKIP LOCKED``). Connectors' pushes are idempotent (stable ids, AGS timestamps), so a retried
 push never doubles a write.
+
+``cancel`` stops pending and dead items for good (``cancelled``, with the reason on the row): erasing a student
+on request cancels the scores and messages still queued for them. An outcome is only recorded on an item that
+is still pending, so a push that was in flight when its item was cancelled leaves it cancelled.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from __future__ import annotations
 import logging
 import random
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, cast, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -44,6 +48,7 @@ from plugin.store.db import Store
 log = logging.getLogger("trailmark.outbox")
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
+CANCELLED = "cancelled"  # never pushed, whatever happens next (e.g. its person was erased on request)
 MAX_ATTEMPTS = 8
 BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
@@ -57,6 +62,19 @@ CAPABILITY_OF: Mapping[type, Capability] = {
     GateWrite: Capability.WRITE_GATES,
     MessageWrite: Capability.WRITE_MESSAGES,
 }
+
+
+#: ``hook(session, item_id, outcome, now)``: told of each recorded outcome (``status``, ``last_error`` …) of one
+#: write kind, inside the transaction that records it
+OutcomeHook = Callable[[Session, int, Mapping[str, Any], datetime], None]
+_outcome_hooks: dict[str, list[OutcomeHook]] = {}
+
+
+def on_outcome(kind: str, hook: OutcomeHook) -> None:
+    """Have ``hook`` told of every recorded outcome of ``kind`` writes (once per hook)."""
+    hooks = _outcome_hooks.setdefault(kind, [])
+    if hook not in hooks:
+        hooks.append(hook)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +279,18 @@ def dispatch_due(
             outcome = {"status": SENT, "remote_id": result.remote_id, "sent_at": now, "last_error": None}
             sent += 1
         with store.session() as session:
-            session.execute(update(models.OutboxItem).where(models.OutboxItem.id == item_id)
-                            .values(attempts=attempts, **outcome))
+            recorded = session.execute(update(models.OutboxItem)
+                                       .where(models.OutboxItem.id == item_id, models.OutboxItem.status == PENDING)
+                                       .values(attempts=attempts, **outcome))
+            if not recorded.rowcount:  # type: ignore[attr-defined]
+                log.info("outbox.cancelled_in_flight item=%s", item_id)  # it stays cancelled
+                continue
+            for hook in _outcome_hooks.get(str(payload.get("type")) if isinstance(payload, Mapping) else "", ()):
+                try:
+                    with session.begin_nested():
+                        hook(session, item_id, outcome, now)
+                except Exception:  # the outcome stands whatever a listener does
+                    log.exception("outbox.hook.failed item=%s", item_id)
     return DispatchReport(claimed=len(claimed), sent=sent, retried=retried, dead=dead)
 
 
@@ -272,6 +300,26 @@ def retry_dead(session: Session, item_id: int, *, now: datetime | None = None) -
         update(models.OutboxItem).where(models.OutboxItem.id == item_id, models.OutboxItem.status == DEAD)
         .values(status=PENDING, attempts=0, next_attempt_at=now or datetime.now(UTC)))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def cancel(session: Session, item_ids: Iterable[int], reason: str, *, forget: bool = False) -> int:
+    """Cancel pending and dead items for good, keeping ``reason`` on them; return how many were cancelled.
+
+    With ``forget`` the items also lose what they carried (payload and idempotency key), for writes about
+    someone whose data is being erased. A push already in flight is not recorded over a cancellation.
+    """
+    item = models.OutboxItem
+    ids = sorted(set(item_ids))
+    values: dict[str, Any] = {"status": CANCELLED, "last_error": reason[:2000]}
+    if forget:
+        values.update(payload={}, idempotency_key=literal(f"{CANCELLED}:") + cast(item.id, String))
+    done = 0
+    for start in range(0, len(ids), 500):
+        result = session.execute(update(item).where(item.id.in_(ids[start:start + 500]),
+                                                    item.status.in_((PENDING, DEAD)))
+                                 .values(**values).execution_options(synchronize_session=False))
+        done += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return done
 
 
 def summary(session: Session, district_id: int | None = None) -> dict[str, int]:

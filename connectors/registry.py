@@ -21,6 +21,8 @@ CONNECTORS: Mapping[str, tuple[str, str]] = {
     "fake": ("connectors.fake", "FakeConnector"),
 }
 KINDS = tuple(CONNECTORS)
+#: Kinds whose connector recognises Trailmark's deep-linked mastery checks by their launch URL (``tool_url``).
+TOOL_URL_KINDS = frozenset({"canvas", "moodle"})
 
 
 def connector_class(kind: str) -> type:
@@ -35,11 +37,12 @@ def connector_class(kind: str) -> type:
         raise ConfigurationError(f"the {kind} connector could not be loaded ({type(exc).__name__}: {exc})") from exc
 
 
-def build_connector(cfg: Mapping[str, Any], **context: Any) -> Connector:
+def build_connector(cfg: Mapping[str, Any], *, tool_url: str | None = None, **context: Any) -> Connector:
     """Build the connector a (secret-resolved) source entry describes.
 
-    ``context`` is passed to the connector's ``from_config`` (an LTI source needs ``platform`` and
-    ``signer``; tests pass a ``session``).
+    ``tool_url`` is Trailmark's public base URL (``server.public_url``): the default of a Canvas or Moodle
+    source's own ``tool_url``, under which its deep-linked mastery checks launch. ``context`` is passed to the
+    connector's ``from_config`` (an LTI source needs ``platform`` and ``signer``; tests pass a ``session``).
     """
     name = str(cfg.get("name") or "?")
     kind = cfg.get("kind")
@@ -50,4 +53,6 @@ def build_connector(cfg: Mapping[str, Any], **context: Any) -> Connector:
         cls = connector_class(kind)
     except ConfigurationError as exc:
         raise ConfigurationError(f"source {name!r}: {exc}", source=name) from exc
+    if kind in TOOL_URL_KINDS and tool_url and not cfg.get("tool_url"):
+        cfg = {**cfg, "tool_url": tool_url}
     return cls.from_config(cfg, **context)  # type: ignore[attr-defined,no-any-return]

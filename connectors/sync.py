@@ -42,11 +42,11 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Boolean, Date, DateTime, Float, and_, or_, select, update
@@ -72,8 +72,6 @@ log = logging.getLogger("trailmark.sync")
 BATCH_SIZE = 5000
 PARENT_CACHE_LIMIT = 300_000  # parent ids kept in memory per run (~50 MB at most)
 ERROR_LIMIT = 200  # rejections and conflicts kept on the SyncRun row; the rest are counted
-SQLITE_CACHE_KIB = 65_536  # the run's SQLite page cache (the default 2 MB thrashes on district-sized indexes)
-SQLITE_DEFAULT_CACHE_KIB = 2_000
 LEASE_TTL = timedelta(hours=1)
 PAUSE_FIRST = timedelta(minutes=1)
 PAUSE_MAX = timedelta(hours=1)
@@ -147,6 +145,10 @@ class NeedsConfirm(Exception):
         self.removals = dict(removals)
 
 
+class MissingReference(Exception):
+    """A record would reference a row that does not exist (a foreign key the engine checked); nothing was applied."""
+
+
 # --------------------------------------------------------------------------- record → row mapping
 
 
@@ -217,6 +219,10 @@ def _ratings(r: Any) -> list[list[Any]]:
     return [list(x) for x in r.ratings]
 
 
+def _access_conditions(r: Any) -> list[list[Any]]:
+    return [[title, [list(c) for c in conditions]] for title, conditions in r.access_conditions]
+
+
 SPECS: Mapping[str, _Spec] = {
     s.kind: s
     for s in (
@@ -249,7 +255,8 @@ SPECS: Mapping[str, _Spec] = {
               natural=_Natural("student_id", ("guardian_id", "student_id")),
               within={"person": "student_id"}),
         _Spec("module", models.Module,
-              (("class_id", 0), *_same("title", "position"), ("prerequisite_ids", 1), ("published", "published")),
+              (("class_id", 0), *_same("title", "position"), ("prerequisite_ids", 1), ("published", "published"),
+               ("access_conditions", _access_conditions)),
               parents=(_Parent("class_sourced_id", "class", required=True),
                        _Parent("prerequisite_sourced_ids", "module", many="all")),
               within={"class": "class_id"}),
@@ -287,6 +294,15 @@ DEFAULT_WITHIN = {"enrollment": "class", "module": "class", "activity": "class",
 KEEP_WHEN_NULL = frozenset({"sis_id", "email", "username", "lti_context_id"})
 PARENT_KINDS = frozenset(p.kind for s in SPECS.values() for p in s.parents)
 _CLASS_COLUMN_KINDS = ("enrollment", "module", "activity", "competency")
+
+
+def _foreign_keys(spec: _Spec) -> tuple[tuple[int, str], ...]:
+    """Return (column index, referenced table) for each foreign key among the spec's columns."""
+    return tuple((i, fk.column.table.name) for i, name in enumerate(spec.columns)
+                 for fk in spec.table.c[name].foreign_keys)
+
+
+FOREIGN_KEYS: Mapping[str, tuple[tuple[int, str], ...]] = {kind: _foreign_keys(spec) for kind, spec in SPECS.items()}
 
 # Roles that may be one person: a clash between groups is a conflict, not a match.
 ROLE_GROUPS = {"student": "learner", "teacher": "staff", "aide": "staff", "administrator": "staff",
@@ -361,6 +377,8 @@ def _fingerprinter(cls: type) -> Callable[[Any], str]:
 
 FINGERPRINTS: Mapping[type, Callable[[Any], str]] = {cls: _fingerprinter(cls) for cls in RECORD_KINDS}
 PARTIAL = "~"  # suffix of a fingerprint whose optional parents were not all found: retried next run
+_SOURCED_ID = attrgetter("sourced_id")
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 # --------------------------------------------------------------------------- raw SQL on the session
@@ -379,6 +397,7 @@ class _Sql:
         # one statement carries many rows: far fewer round trips (and, on SQLite, per-row binding) than executemany
         self.max_params = 30_000
         self._next_id: dict[str, int] = {}
+        self.first_id: dict[str, int] = {}  # SQLite: the first id this run allocated per table (the rest follow)
         self._locked = False
         self._sequences: dict[str, str] = {}
         self._values_sql: dict[tuple[str, int], str] = {}
@@ -457,28 +476,29 @@ class _Sql:
         if rows:
             self.conn.exec_driver_sql(self.sql(text), rows)
 
-    def insert(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``rows``: multi-row ``VALUES`` statements on SQLite, ``COPY`` on PostgreSQL."""
-        if not rows:
+    def insert(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]], n: int) -> None:
+        """Insert the ``n`` ``rows``: multi-row ``VALUES`` statements on SQLite, ``COPY`` on PostgreSQL."""
+        if not n:
             return
-        self.inserted[table] += len(rows)
+        self.inserted[table] += n
         if self.pg:  # COPY: several times faster than any INSERT form through psycopg
             names = ", ".join(self.quote(c) for c in columns)
             with self.dbapi.cursor() as cursor, cursor.copy(f"COPY {self.quote(table)} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             return
-        per = max(1, min(1000, self.max_params // len(columns)))
+        width = len(columns)
+        per = max(1, min(1000, self.max_params // width))
         head = f"INSERT INTO {self.quote(table)} ({', '.join(self.quote(c) for c in columns)}) VALUES "
-        one = "(" + ", ".join(["%s" if self.pg else "?"] * len(columns)) + ")"
-        chain = itertools.chain.from_iterable
-        for start in range(0, len(rows), per):
-            part = rows[start:start + per]
-            key = (head, len(part))
+        one = "(" + ", ".join(["?"] * width) + ")"
+        flat = itertools.chain.from_iterable(rows)  # the parameters of every row, in order, never a list of rows
+        for start in range(0, n, per):
+            size = min(per, n - start)
+            key = (head, size)
             text = self._values_sql.get(key)
             if text is None:
-                text = self._values_sql[key] = head + ", ".join([one] * len(part))
-            self.conn.exec_driver_sql(text, tuple(chain(part)))
+                text = self._values_sql[key] = head + ", ".join([one] * size)
+            self.conn.exec_driver_sql(text, tuple(itertools.islice(flat, size * width)))
 
     def update_sql(self, table: str, columns: Sequence[str], keep: Iterable[str] = ()) -> str:
         """``UPDATE … WHERE id = ?``; columns in ``keep`` keep their value when given NULL."""
@@ -486,6 +506,16 @@ class _Sql:
         sets = ", ".join(f"{self.quote(c)} = COALESCE(?, {self.quote(c)})" if c in keep
                          else f"{self.quote(c)} = ?" for c in columns)
         return f"UPDATE {self.quote(table)} SET {sets} WHERE id = ?"
+
+    def lock(self, source_id: int) -> None:
+        """SQLite: take the database's write lock now (a no-op write), so that no other process writes until commit.
+
+        SQLite has one writer: from here on, what this transaction reads (``max(id)``, whether a table is empty)
+        cannot change under it.
+        """
+        if not self.pg and not self._locked:
+            self.execute("UPDATE source SET lock_expires_at = lock_expires_at WHERE id = ?", (source_id,))
+            self._locked = True
 
     def allocate(self, table: str, n: int, *, lock_source_id: int) -> range | list[int]:
         """Reserve ``n`` primary keys of ``table`` for rows this transaction is about to insert."""
@@ -497,13 +527,10 @@ class _Sql:
                 seq = self._sequences[table] = self.scalar("SELECT pg_get_serial_sequence(?, 'id')", (table,))
             return [r[0] for r in self.rows("SELECT nextval(CAST(? AS regclass)) FROM generate_series(1, ?)",
                                             (seq, n))]
-        # SQLite has one writer: once this transaction has written, max(id) cannot move under us.
-        if not self._locked:
-            self.execute("UPDATE source SET lock_expires_at = lock_expires_at WHERE id = ?", (lock_source_id,))
-            self._locked = True
+        self.lock(lock_source_id)
         start = self._next_id.get(table)
         if start is None:
-            start = (self.scalar(f"SELECT max(id) FROM {self.quote(table)}") or 0) + 1
+            start = self.first_id[table] = (self.scalar(f"SELECT max(id) FROM {self.quote(table)}") or 0) + 1
         self._next_id[table] = start + n
         return range(start, start + n)
 
@@ -524,24 +551,23 @@ class _Seen:
 
 
 class _Bloom:
-    """A one-probe Bloom filter (16 MB) over the ids a run has applied, for kinds it never saw before."""
+    """A one-probe Bloom filter, one byte per slot (16 MB), over keys a run has applied.
 
-    def __init__(self, bits: int = 1 << 27) -> None:
-        self.mask = bits - 1
-        self.bits = bytearray(bits >> 3)
+    Where the store held nothing of a kind when the run started (a first import), only keys this run may
+    already have applied need a lookup. A whole batch is tested and added in C (``map`` over the filter's
+    own methods); a false positive (about n / 2**24 of them) costs one needless lookup, never a wrong answer.
+    """
 
-    def maybe_seen(self, keys: Iterable[str]) -> list[str]:
-        """Add ``keys``; return those that may have been added before (false positives ~n / 2**27)."""
-        bits, mask = self.bits, self.mask
-        out = []
-        for key in keys:
-            i = hash(key) & mask
-            byte, bit = i >> 3, 1 << (i & 7)
-            if bits[byte] & bit:
-                out.append(key)
-            else:
-                bits[byte] |= bit
-        return out
+    def __init__(self, slots: int = 1 << 24) -> None:
+        self.mask = slots - 1
+        self.flags = bytearray(slots)
+
+    def maybe_seen(self, tag: str, keys: Sequence[str]) -> list[str]:
+        """Add ``keys`` to the set named ``tag``; return those that may have been added to it before."""
+        slots = list(map(self.mask.__and__, map(hash(tag).__xor__, map(hash, keys))))
+        found = bytes(map(self.flags.__getitem__, slots))
+        deque(map(self.flags.__setitem__, slots, itertools.repeat(1)), maxlen=0)
+        return list(itertools.compress(keys, found)) if 1 in found else []
 
 
 def _fast_processor(col_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
@@ -551,10 +577,29 @@ def _fast_processor(col_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
     if dialect.name == "sqlite":
         if isinstance(col_type, DateTime):
             # SQLAlchemy's SQLite storage format: "YYYY-MM-DD HH:MM:SS.ffffff", the offset dropped
+            # (not memoised: datetimes equal across time zones would share one text)
             return lambda v: None if v is None else v.isoformat(" ", "microseconds")[:26]
         if isinstance(col_type, Date):
-            return lambda v: None if v is None else v.isoformat()
+            return _Memo(date.isoformat).__getitem__
     return col_type.dialect_impl(dialect).bind_processor(dialect)
+
+
+class _Memo(dict[Any, Any]):
+    """``convert(value)`` remembered per value (a district has few distinct dates); None stays None.
+
+    Its ``__getitem__`` is the processor: a hit costs one lookup in C instead of a Python call.
+    """
+
+    def __init__(self, convert: Callable[[Any], Any], limit: int = 50_000) -> None:
+        super().__init__()
+        self.convert = convert
+        self.limit = limit
+
+    def __missing__(self, value: Any) -> Any:
+        if len(self) >= self.limit:
+            self.clear()
+        out = self[value] = None if value is None else self.convert(value)
+        return out
 
 
 # --------------------------------------------------------------------------- one run
@@ -565,9 +610,11 @@ class _Apply:
 
     def __init__(self, session: Session, *, district_id: int, source: models.Source, run_id: int,
                  now: datetime, match_on: Sequence[str], batch_size: int, progress: Progress | None,
-                 track_classes: bool, heartbeat: Callable[[], None] | None = None):
+                 track_classes: bool, heartbeat: Callable[[], None] | None = None, erasures: Any = None):
         self.sql = _Sql(session)
         self.district_id = district_id
+        # plugin.privacy's erasure list: asked about the people a batch would create (None: not configured)
+        self.erased = erasures.checker(self.sql.conn, district_id) if erasures is not None else None
         self.source_id = source.id
         self.ns = source.name
         self.run_id = run_id
@@ -588,6 +635,7 @@ class _Apply:
         self.cache_size = 0
         self.fresh: dict[str, bool] = {}
         self.bloom: _Bloom | None = None
+        self.empty_tables: dict[str, bool] = {}  # kind → its table had no rows of the district when the run began
         self.completes: dict[tuple[str, str | None], set[str | None]] = defaultdict(set)
         self.tombstone_ids: dict[str, list[str]] = defaultdict(list)
         self.mentioned: dict[str, list[str]] = defaultdict(list)
@@ -598,19 +646,13 @@ class _Apply:
         self.removals: dict[str, tuple[int, int]] = {}
         self.changed_ids: frozenset[int] = frozenset()
         self._active: dict[str, int] = {}
-        if self.sql.dialect.name == "sqlite":
-            self.sql.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-        else:
-            self.sql.watch_statistics(["external_ref", *(spec.table.name for spec in SPECS.values())])
+        # SQLite runs without per-row foreign-key checks (Store.bulk_session): the engine checks the references
+        # it writes to rows it did not create itself, once per batch
+        self.fk_unchecked = self.sql.dialect.name == "sqlite" and not self.sql.scalar("PRAGMA foreign_keys")
+        self.unverified: dict[str, set[int]] = defaultdict(set)  # parent table → ids to check before commit
+        self.district_checked = False
+        self.sql.watch_statistics(["external_ref", *(spec.table.name for spec in SPECS.values())])
         self._prepare_statements()
-
-    def restore(self, session: Session) -> None:
-        """Give the pooled connection its usual page cache back."""
-        if self.sql.dialect.name == "sqlite":
-            try:
-                session.connection().exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_DEFAULT_CACHE_KIB}")
-            except Exception:  # never hide the run's own outcome behind this
-                log.debug("sync.cache_restore_failed", exc_info=True)
 
     def _prepare_statements(self) -> None:
         sql, dialect = self.sql, self.sql.dialect
@@ -648,10 +690,21 @@ class _Apply:
 
     def mark_seen(self, kind: str, ref_ids: Iterable[int], *, active: Iterable[bool] | None = None) -> None:
         """Flag refs as mentioned by this run; count those that stay active."""
+        if isinstance(ref_ids, range) and ref_ids.step == 1 and active is None:  # refs this run just inserted
+            if ref_ids:
+                flags = self.seen.ensure(ref_ids.stop - 1)
+                self.seen_active[kind] += flags.count(0, ref_ids.start, ref_ids.stop)
+                flags[ref_ids.start:ref_ids.stop] = b"\x01" * len(ref_ids)
+            return
         ids = list(ref_ids)
         if not ids:
             return
         flags = self.seen.ensure(max(ids))
+        if active is None and len(set(ids)) == len(ids):  # the common case, in C
+            before = bytes(map(flags.__getitem__, ids))
+            deque(map(flags.__setitem__, ids, itertools.repeat(1)), maxlen=0)
+            self.seen_active[kind] += before.count(0)
+            return
         fresh = 0
         for i, ref_id in enumerate(ids):
             if not flags[ref_id]:
@@ -718,6 +771,8 @@ class _Apply:
             refs = self.lookup_refs(kind, ids).values()
             self.mark_seen(kind, [r[0] for r in refs], active=[r[3] == ACTIVE for r in refs])
         self.mentioned.clear()
+        if self.unverified:
+            self.check_references()
         self.sql.refresh_statistics()
 
     # ----------------------------------------------------------------- lookups
@@ -740,30 +795,43 @@ class _Apply:
                 self.bloom = _Bloom()
         return fresh
 
-    def current_refs(self, kind: str, records: list[Any]) -> dict[str, tuple[int, int, str | None, str]]:
-        """Look up the refs of ``records``; in a first import only ids this run may already have applied."""
+    def current_refs(self, kind: str, ids: list[str]) -> dict[str, tuple[int, int, str | None, str]]:
+        """Look up the refs of the records ``ids``; in a first import only ids this run may already have applied."""
         if self.is_fresh(kind):
-            maybe = self.bloom.maybe_seen([r.sourced_id for r in records])  # type: ignore[union-attr]
+            maybe = self.bloom.maybe_seen(f"ref:{kind}", ids)  # type: ignore[union-attr]
             return self.lookup_refs(kind, maybe) if maybe else {}
-        return self.lookup_refs(kind, [r.sourced_id for r in records])
+        return self.lookup_refs(kind, ids)
 
     def resolve(self, kind: str, external_ids: Iterable[str], local: Mapping[str, int] | None = None
                 ) -> dict[str, int]:
         """Map this source's ids of ``kind`` to canonical ids: batch-local, cache, then one query."""
         cache = self.cache.get(kind, {})
-        found: dict[str, int] = {}
-        missing = []
-        for ext in external_ids:
-            eid = cache.get(ext) if local is None else (local.get(ext) or cache.get(ext))
-            if eid is None:
-                missing.append(ext)
-            else:
-                found[ext] = eid
+        wanted = list(external_ids)
+        hits = list(map(cache.get, wanted)) if local is None else [local.get(x) or cache.get(x) for x in wanted]
+        if None not in hits:
+            return dict(zip(wanted, hits, strict=True))
+        found = {ext: eid for ext, eid in zip(wanted, hits, strict=True) if eid is not None}
+        missing = [ext for ext, eid in zip(wanted, hits, strict=True) if eid is None]
         if missing:
             fetched = [(ext, ref[1]) for ext, ref in self.lookup_refs(kind, missing).items() if ref[3] != ERASED]
             found.update(fetched)
             self.remember(kind, fetched)
         return found
+
+    def table_was_empty(self, spec: _Spec) -> bool:
+        """Whether the district had no rows of ``spec``'s table before this run wrote any (asked before it does).
+
+        Matching then looks up only the key values a Bloom filter says this run may already have written; the
+        values of rows it updates are added to the filter too (see ``apply``).
+        """
+        empty = self.empty_tables.get(spec.kind)
+        if empty is None:
+            self.sql.lock(self.source_id)
+            empty = self.empty_tables[spec.kind] = not self.sql.rows(
+                f"SELECT 1 FROM {self.sql.quote(spec.table.name)} WHERE district_id = ? LIMIT 1", (self.district_id,))
+            if empty and self.bloom is None:
+                self.bloom = _Bloom()
+        return empty
 
     def has_other_sources(self, kind: str) -> bool:
         """Whether any other namespace references rows of ``kind`` (only then natural keys are matched)."""
@@ -785,12 +853,12 @@ class _Apply:
 
     def apply(self, spec: _Spec, records: list[Any]) -> None:
         kind = spec.kind
-        if len(records) > 1:  # the same id twice in a batch: the later one wins
-            by_id = {r.sourced_id: r for r in records}
-            if len(by_id) != len(records):
-                records = list(by_id.values())
+        ids = list(map(_SOURCED_ID, records))
+        if len(set(ids)) != len(ids):  # the same id twice in a batch: the later one wins
+            by_id = dict(zip(ids, records, strict=True))
+            records, ids = list(by_id.values()), list(by_id)
         fingerprint = FINGERPRINTS[type(records[0])]
-        refs = self.current_refs(kind, records)
+        refs = self.current_refs(kind, ids)
         changed: list[tuple[Any, str, tuple[int, int, str | None, str]]] = []
         retry: list[tuple[Any, str, tuple[int, int, str | None, str]]] = []  # same record, a parent was missing
         new: list[tuple[Any, str]] = []
@@ -817,18 +885,21 @@ class _Apply:
             self.mark_seen(kind, seen_ids)
             if unchanged:
                 self.count(kind, "unchanged", unchanged)
+            if changed and spec.match is not None and self.empty_tables.get(kind):
+                for key in self.match_keys(spec):  # values this run writes where matching asks the Bloom filter
+                    self.bloom.maybe_seen(f"{kind}.{key}", [v for c in changed if (v := getattr(c[0], key))])  # type: ignore[union-attr]
         else:
-            new = [(r, fingerprint(r)) for r in records]
+            new = list(zip(records, map(fingerprint, records), strict=True))
         if not changed and not new and not retry:
             return
 
         # Parents of other kinds, in bulk; records missing a required parent are rejected.
         parents = spec.parents
         resolved: dict[int, dict[str, int]] = {}
+        todo = [*map(_FIRST, changed), *map(_FIRST, retry), *map(_FIRST, new)]
         for i, p in enumerate(parents):
             if p.kind != kind:
-                resolved[i] = self._resolve_parent(p, itertools.chain((c[0] for c in changed), (c[0] for c in retry),
-                                                                      (n[0] for n in new)))
+                resolved[i] = self._resolve_parent(p, todo)
         if any(p.required for p in parents) or spec.check is not None:
             changed = self._valid(spec, changed, resolved)
             new = self._valid(spec, new, resolved)
@@ -841,6 +912,8 @@ class _Apply:
                 if conflicts:
                     new = [n for n in new if n[0].sourced_id not in conflicts]
             matched = set(entity_for)
+            if kind == "person" and self.erased is not None:
+                new = self._drop_erased(new, matched)
             fresh = [r.sourced_id for r, _ in new if r.sourced_id not in matched] if matched else \
                 [r.sourced_id for r, _ in new]
             entity_for.update(zip(fresh, self.sql.allocate(spec.table.name, len(fresh),
@@ -853,8 +926,8 @@ class _Apply:
         for i, p in enumerate(parents):
             if p.kind == kind:  # a parent of the same kind may be in this very batch
                 local = {**{c[0].sourced_id: c[2][1] for c in changed}, **entity_for}
-                resolved[i] = self._resolve_parent(p, itertools.chain((c[0] for c in changed), (c[0] for c in retry),
-                                                                      (n[0] for n in new)), local)
+                resolved[i] = self._resolve_parent(p, [*map(_FIRST, changed), *map(_FIRST, retry),
+                                                       *map(_FIRST, new)], local)
         if retry:  # written before with a parent missing: rewrite only once that parent is known
             _cols, still = _columns(spec, [c[0] for c in retry], resolved, {})
             changed += [c for j, c in enumerate(retry) if j not in still]
@@ -863,11 +936,18 @@ class _Apply:
         if changed or new:
             self._write(spec, changed, new, entity_for, matched, resolved)
 
+    def _drop_erased(self, new: list[tuple[Any, str]], matched: set[str]) -> list[tuple[Any, str]]:
+        """Report, and leave out, the people this batch would create who were erased on request."""
+        gone = self.erased.people(self.ns, [r for r, _ in new if r.sourced_id not in matched])  # type: ignore[union-attr]
+        for sourced_id in gone:
+            self.error("person", sourced_id, None, "erased on request; not imported again", type_="erased")
+        return [n for n in new if n[0].sourced_id not in gone] if gone else new
+
     def _resolve_parent(self, parent: _Parent, records: Iterable[Any],
                         local: Mapping[str, int] | None = None) -> dict[str, int]:
         get = attrgetter(parent.attr)
         if parent.many == "one":
-            wanted = {get(r) for r in records}
+            wanted = set(map(get, records))
         else:
             wanted = set()
             for r in records:
@@ -909,12 +989,15 @@ class _Apply:
 
     # ----------------------------------------------------------------- matching
 
+    def match_keys(self, spec: _Spec) -> tuple[str, ...]:
+        """The keys that recognise a new record of ``spec`` as a row another source wrote, in order."""
+        return ("sis_id", *self.match_on) if spec.match == "person" else ("sis_id",)
+
     def _match(self, spec: _Spec, records: list[Any], resolved: Mapping[int, Mapping[str, int]]
                ) -> tuple[dict[str, int], set[str]]:
         """Match new records to rows other sources wrote; return (record id → row id, conflicting ids)."""
         if spec.match is not None:
-            return self._match_keys(spec, records, ("sis_id", *self.match_on) if spec.match == "person"
-                                    else ("sis_id",))
+            return self._match_keys(spec, records, self.match_keys(spec))
         if spec.natural is not None and self.has_other_sources(spec.kind):
             return self._match_natural(spec, records, resolved), set()
         return {}, set()
@@ -932,6 +1015,7 @@ class _Apply:
         out: dict[str, int] = {}
         conflicts: set[str] = set()
         remaining = records
+        empty = self.table_was_empty(spec)
         for key in keys:
             keyed: dict[str, list[Any]] = defaultdict(list)
             for r in remaining:
@@ -940,11 +1024,13 @@ class _Apply:
                     keyed[v].append(r)
             if not keyed:
                 continue
+            # In a table this run found empty, only values this run itself wrote can have candidates.
+            wanted = self.bloom.maybe_seen(f"{kind}.{key}", list(keyed)) if empty else keyed  # type: ignore[union-attr]
             extra = "role, sis_id" if people else "NULL, sis_id"
             rows: dict[str, list[tuple[int, str | None, str | None]]] = defaultdict(list)
             for eid, role, sis, value in self.sql.rows_in(
                     f"SELECT id, {extra}, {self.sql.quote(key)} FROM {table}", "district_id = ?",
-                    (self.district_id,), self.sql.quote(key), keyed):
+                    (self.district_id,), self.sql.quote(key), wanted):
                 rows[value].append((eid, role, sis))
             ours = self.refs_of_ours(kind, (c[0] for cs in rows.values() for c in cs)) if rows else set()
             for value, group in keyed.items():
@@ -1011,40 +1097,80 @@ class _Apply:
                resolved: Mapping[int, Mapping[str, int]]) -> None:
         kind = spec.kind
         district, now, run_id, ns = self.district_id, self.now_bound, self.run_id, self.ns
-        records = [c[0] for c in changed] + [n[0] for n in new]
-        fps = [c[1] for c in changed] + [n[1] for n in new]
+        records = [*map(_FIRST, changed), *map(_FIRST, new)]
+        fps = [*map(_SECOND, changed), *map(_SECOND, new)]
         cols, partial = _columns(spec, records, resolved, self.procs[kind])
         for j in partial:  # a parent not found yet: the stored fingerprint makes the next run try again
             fps[j] += PARTIAL
+        if self.fk_unchecked:
+            self._note_references(spec, cols)
         if self.track_classes:
             self._track(spec, cols, changed, entity_for)
 
-        rows = list(zip(*cols, strict=True))
+        # Rows are zipped from columns in C; ``repeat`` stands in for the columns that are the same on every row.
         k = len(changed)
-        updates = [(ACTIVE, now, *row, ref[1]) for row, (_r, _fp, ref) in zip(rows[:k], changed, strict=True)]
-        ref_updates = [(fp, ACTIVE, run_id, ref[0]) for fp, (_r, _f, ref) in zip(fps[:k], changed, strict=True)]
-        self.reactivated[kind] += sum(1 for c in changed if c[2][3] != ACTIVE)
-        sids = [n[0].sourced_id for n in new]
-        eids = [entity_for[sid] for sid in sids]
-        inserts = [(eid, district, f"{ns}:{sid}", ACTIVE, now, *row)
-                   for row, sid, eid in zip(rows[k:], sids, eids, strict=True) if sid not in matched]
+        same = itertools.repeat
+        updates: list[tuple[Any, ...]] = []
+        if changed:  # (zip stops at the real columns: repeat() is endless)
+            ref_of = list(map(_THIRD, changed))
+            updates = list(zip(same(ACTIVE), same(now), *(c[:k] for c in cols), map(_SECOND, ref_of)))  # noqa: B905
+            self.sql.executemany(self.ref_update, list(zip(  # noqa: B905
+                fps[:k], same(ACTIVE), same(run_id), map(_FIRST, ref_of))))
+            self.reactivated[kind] += sum(1 for ref in ref_of if ref[3] != ACTIVE)
+        sids = list(map(_SOURCED_ID, records[k:]))
+        eids = list(map(entity_for.__getitem__, sids))
+        new_cols = [c[k:] for c in cols] if k else cols
         if matched:  # rows another source wrote: this source's values win from now on
-            updates += [(ACTIVE, now, *row, eid) for row, sid, eid in zip(rows[k:], sids, eids, strict=True)
-                        if sid in matched]
-        self.sql.insert(spec.table.name, _INSERT_HEAD + spec.columns, inserts)
+            mine = [sid in matched for sid in sids]
+            updates += zip(same(ACTIVE), same(now), *(itertools.compress(c, mine) for c in new_cols),  # noqa: B905
+                           itertools.compress(eids, mine))
+            keep = [not m for m in mine]
+            new_cols = [list(itertools.compress(c, keep)) for c in new_cols]
+            insert_eids = list(itertools.compress(eids, keep))
+            insert_sids = list(itertools.compress(sids, keep))
+        else:
+            insert_eids, insert_sids = eids, sids
+        self.sql.insert(spec.table.name, _INSERT_HEAD + spec.columns, zip(  # noqa: B905 - repeat() is endless
+            insert_eids, same(district), map(f"{ns}:".__add__, insert_sids), same(ACTIVE), same(now), *new_cols),
+            len(insert_eids))
         self.sql.executemany(self.update_stmts[kind], updates)
-        self.sql.executemany(self.ref_update, ref_updates)
         if new:
             ref_ids = self.sql.allocate("external_ref", len(new), lock_source_id=self.source_id)
-            same = itertools.repeat
-            self.sql.insert("external_ref", _REF_COLUMNS, list(zip(  # noqa: B905 - repeat() is endless
-                ref_ids, same(district), same(kind), same(ns), sids, eids, fps[k:], same(ACTIVE), same(run_id))))
+            self.sql.insert("external_ref", _REF_COLUMNS, zip(  # noqa: B905 - repeat() is endless
+                ref_ids, same(district), same(kind), same(ns), sids, eids, fps[k:], same(ACTIVE), same(run_id)),
+                len(new))
             self.mark_seen(kind, ref_ids)
             self.added_refs[kind] += len(new)
         self.count(kind, "added", len(new) - len(matched))
         self.count(kind, "updated", len(changed) + len(matched))
         if matched:
             self.count(kind, "matched", len(matched))
+
+    def _note_references(self, spec: _Spec, cols: list[Sequence[Any]]) -> None:
+        """Remember the rows these columns reference that this run did not create, to check before commit."""
+        first_id = self.sql.first_id
+        for i, table in FOREIGN_KEYS[spec.kind]:
+            ids = set(cols[i])
+            ids.discard(None)
+            low = first_id.get(table)
+            if low is not None:  # ids from ``low`` on were allocated, and inserted, by this run
+                ids = {x for x in ids if x < low}
+            if ids:
+                self.unverified[table].update(ids)
+        if not self.district_checked:
+            self.unverified["district"].add(self.district_id)
+            self.district_checked = True
+
+    def check_references(self) -> None:
+        """Raise MissingReference unless every row noted by ``_note_references`` exists."""
+        for table, ids in self.unverified.items():
+            found = {row[0] for row in self.sql.rows_in(f"SELECT id FROM {self.sql.quote(table)}", "", (), "id",
+                                                        ids, type_="bigint")}
+            missing = sorted(ids - found)
+            if missing:
+                raise MissingReference(f"FOREIGN KEY constraint failed: {len(missing):,} {table} row(s) referenced "
+                                       f"but missing (ids {', '.join(map(str, missing[:5]))})")
+        self.unverified.clear()
 
     def _track(self, spec: _Spec, cols: list[Sequence[Any]], changed: list[Any], entity_for: Mapping[str, int]
                ) -> None:
@@ -1355,18 +1481,15 @@ def run_sync(
     changed: frozenset[int] = frozenset()
     heartbeat = _heartbeat(store, source_id, owner, now, lease_ttl, clock)
     try:
-        with store.session() as session:
+        with store.bulk_session() as session:
             source = session.get(models.Source, source_id)
             assert source is not None
             applier = _Apply(session, district_id=district_id, source=source, run_id=run_id, now=now,
                              match_on=match_on, batch_size=batch_size, progress=progress,
-                             track_classes=on_applied is not None, heartbeat=heartbeat)
-            try:
-                message = _apply_run(session, applier, connector, scope, since, source, run_id, now, clock,
-                                     owner=owner, dry_run=dry_run, confirm=confirm,
-                                     max_removal_share=max_removal_share)
-            finally:
-                applier.restore(session)
+                             track_classes=on_applied is not None, heartbeat=heartbeat, erasures=store.erasures)
+            message = _apply_run(session, applier, connector, scope, since, source, run_id, now, clock,
+                                 owner=owner, dry_run=dry_run, confirm=confirm,
+                                 max_removal_share=max_removal_share)
             if on_applied is not None and not dry_run:
                 changed = applier.changed_ids
     except NeedsConfirm as exc:
@@ -1394,6 +1517,9 @@ def run_sync(
         except Exception:  # derived state can be recomputed; the sync itself stands
             log.exception("sync.on_applied.failed source=%s", name)
             message = (message + "; " if message else "") + "the follow-up recompute failed (see the log)"
+    if status == SUCCEEDED and not dry_run and applier is not None and any(
+            c.get("added") or c.get("updated") or c.get("tombstoned") for c in applier.counts.values()):
+        store.refresh_statistics()  # SQLite: planner statistics after a bulk load (PostgreSQL: autovacuum)
 
     counts = {k: dict(v) for k, v in applier.counts.items()} if applier else {}
     return SyncRunResult(

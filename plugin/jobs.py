@@ -197,7 +197,7 @@ def connector_for(app: Flask, cfg: Mapping[str, Any], source: models.Source | No
     if resolved.get("kind") == "lti":
         with get_store(app).session() as session:
             context = _lti_context(session, resolved)
-    return build_connector(resolved, **context)
+    return build_connector(resolved, tool_url=app.config.get("BASE_URL"), **context)
 
 
 def connector_for_target(app: Flask, target: outbox.Target) -> Connector:

@@ -79,6 +79,7 @@ class CanvasClient:
         timeout: float | tuple[float, float] = (5.0, 30.0),
         max_retries: int = 5,
         throttle: Throttle | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         if not token and not oauth:
             raise ConfigurationError(f"{source}: give either token or oauth (client_id, client_secret, "
@@ -88,7 +89,7 @@ class CanvasClient:
         self.throttle = throttle or Throttle(sleep=sleep)
         self._oauth = dict(oauth) if oauth else None
         self.http = HttpClient(base_url, source=source, timeout=timeout, max_retries=max_retries, sleep=sleep,
-                               session=session, pool_size=pool_size)
+                               session=session, pool_size=pool_size, max_in_flight=max_in_flight)
         if self._oauth:
             missing = [k for k in ("client_id", "client_secret", "refresh_token") if not self._oauth.get(k)]
             if missing:

@@ -16,11 +16,16 @@ Mapping decisions:
 - Modules carry prerequisites and completion requirements; assignments are Activities (placed in the
   module whose item points at them); rubric criteria aligned to outcomes are Alignments; outcomes linked
   into a course are Competencies; submissions and outcome results are Results.
+- An ``external_tool`` assignment whose launch URL (``external_tool_tag_attributes.url``) is one of this
+  Trailmark's mastery checks (``tool_url``; see connectors/mastery_check.py) is an Activity of category
+  ``trailmark-mastery-check``; other assignments have no category.
 
 Courses are worked on by a pool of ``concurrency`` threads; results stream back in course order with at
-most ``4 × concurrency`` courses buffered. ``Complete`` markers follow each listing that was read to the
-end with nothing rejected; whole-account markers (people, guardian links, competencies) only follow a pull
-in which every course listing completed, so one bad course never causes removals elsewhere.
+most ``4 × concurrency`` courses buffered. ``concurrency`` is also the most requests the connector has in
+flight at once (the course listing, read on the calling thread, shares those slots with the pool).
+``Complete`` markers follow each listing that was read to the end with nothing rejected; whole-account
+markers (people, guardian links, competencies) only follow a pull in which every course listing
+completed, so one bad course never causes removals elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -69,6 +74,7 @@ from connectors.base import (
 )
 from connectors.canvas import schemas
 from connectors.canvas.client import CanvasClient
+from connectors.mastery_check import CHECK_CATEGORY, is_check_url
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,8 @@ class CanvasSourceSchema(Schema):
     oauth = fields.Nested(_OAuthSchema, load_default=None, allow_none=True)
     concurrency = fields.Integer(load_default=8, validate=validate.Range(1, 32))
     per_page = fields.Integer(load_default=100, validate=validate.Range(1, 100))
+    # Trailmark's public base URL as the LMS knows it: its deep-linked mastery checks launch below it
+    tool_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"})
 
 
 @dataclass
@@ -192,13 +200,15 @@ class CanvasConnector:
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = (5.0, 30.0),
         max_retries: int = 5,
+        tool_url: str | None = None,
     ) -> None:
         self.name = name
         self.account_id = str(account_id)
         self.concurrency = max(1, int(concurrency))
+        self.tool_url = tool_url
         self.client = CanvasClient(base_url, source=name, token=token, oauth=oauth, per_page=per_page,
                                    pool_size=self.concurrency + 2, sleep=sleep, session=session,
-                                   timeout=timeout, max_retries=max_retries)
+                                   timeout=timeout, max_retries=max_retries, max_in_flight=self.concurrency)
         self._points: dict[tuple[str, str], float | None] = {}
         self._points_lock = threading.Lock()
 
@@ -215,7 +225,8 @@ class CanvasConnector:
             raise ConfigurationError(f"{data['name']}: set token (an admin access token) or oauth "
                                      "(client_id, client_secret, refresh_token)", source=data["name"])
         return cls(data["name"], data["base_url"], account_id=data["account_id"], token=data["token"],
-                   oauth=data["oauth"], concurrency=data["concurrency"], per_page=data["per_page"], **kw)
+                   oauth=data["oauth"], concurrency=data["concurrency"], per_page=data["per_page"],
+                   tool_url=data["tool_url"], **kw)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -348,24 +359,9 @@ class CanvasConnector:
 
     def _load_all(self, schema: Schema, rows: Iterable[Any], kind: str
                   ) -> Iterator[dict[str, Any] | Rejected]:
-        """Load rows a page at a time (one marshmallow call per page), one by one only for a bad page."""
-        chunk: list[Any] = []
+        """Load rows one by one (the compiled loader; marshmallow itself for a row it does not accept)."""
         for row in rows:
-            chunk.append(row)
-            if len(chunk) == 100:
-                yield from self._load_chunk(schema, chunk, kind)
-                chunk = []
-        if chunk:
-            yield from self._load_chunk(schema, chunk, kind)
-
-    def _load_chunk(self, schema: Schema, chunk: list[Any], kind: str) -> list[dict[str, Any] | Rejected]:
-        if all(isinstance(row, dict) for row in chunk):
-            try:
-                loaded: list[dict[str, Any] | Rejected] = schema.load(chunk, many=True)
-                return loaded
-            except ValidationError:
-                pass
-        return [self._load(schema, row, kind) for row in chunk]
+            yield self._load(schema, row, kind)
 
     def _load(self, schema: Schema, raw: Any, kind: str) -> dict[str, Any] | Rejected:
         try:
@@ -528,6 +524,7 @@ class CanvasConnector:
                 sourced_id=assignment["id"], class_sourced_id=cid, title=assignment["name"],
                 module_sourced_id=module_of.get(assignment["id"]),
                 score_maximum=assignment["points_possible"], due_at=assignment["due_at"],
+                category=CHECK_CATEGORY if self._is_check(assignment) else None,
             ))
             aligned = (c["outcome_id"] for c in assignment["rubric"] or () if c["outcome_id"])
             for outcome_id in dict.fromkeys(aligned) if links is not None else ():
@@ -544,6 +541,12 @@ class CanvasConnector:
             if complete[kind]:
                 batch.items.append(Complete(kind, within=cid, within_kind="class"))
         batch.content_complete = all(complete.values())
+
+    def _is_check(self, assignment: Mapping[str, Any]) -> bool:
+        """Tell whether an assignment is one of this Trailmark's deep-linked mastery checks (by its launch URL)."""
+        tag = assignment.get("external_tool_tag_attributes")
+        return bool(tag) and "external_tool" in (assignment.get("submission_types") or ()) and \
+            is_check_url(tag["url"], self.tool_url)
 
     # ------------------------------------------------------------------ progress
 
@@ -692,10 +695,12 @@ class CanvasConnector:
                                  f"not {sorted(prerequisites)}", source=self.name)
         detail: dict[str, object] = {"prerequisite_module_ids": list(prerequisites)}
         if write.check_activity_sourced_id is not None and write.min_score is not None:
-            item_id = self._check_item(cid, target, write.check_activity_sourced_id)
+            # the check sits in the module itself or, as Trailmark places it, in a module it waits for
+            holder, item_id = self._check_item(cid, [target, *(modules[p] for p in reversed(prerequisites))],
+                                               write.check_activity_sourced_id)
             form = [("module_item[completion_requirement][type]", "min_score"),
                     ("module_item[completion_requirement][min_score]", _number(write.min_score))]
-            item = self.client.update_module_item(cid, mid, item_id, form)
+            item = self.client.update_module_item(cid, holder, item_id, form)
             req = item.get("completion_requirement") if isinstance(item, dict) else None
             applied = isinstance(req, dict) and req.get("type") == "min_score" and \
                 req.get("min_score") is not None and abs(float(req["min_score"]) - write.min_score) < 1e-9
@@ -706,26 +711,30 @@ class CanvasConnector:
             detail.update(item_id=item_id, min_score=write.min_score)
         return PushResult(remote_id=mid, detail=detail)
 
-    def _check_item(self, cid: str, module: Mapping[str, Any], activity_id: str) -> str:
-        """Return the id of the module item that presents assignment ``activity_id``."""
-        raw_items: Iterable[Any] = module["items"] if module["items"] is not None else \
-            self.client.iter_module_items(cid, module["id"])
-        items = [i for i in (self._load(schemas.MODULE_ITEM, r, "module_item") for r in raw_items)
-                 if not isinstance(i, Rejected)]
-        for item in items:
-            if item["type"] == "Assignment" and item["content_id"] == activity_id:
-                return str(item["id"])
+    def _check_item(self, cid: str, modules: Sequence[Mapping[str, Any]], activity_id: str) -> tuple[str, str]:
+        """Return (module id, module item id) of the first item of ``modules`` that presents ``activity_id``."""
+        listed: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
+        for module in modules:
+            raw_items: Iterable[Any] = module["items"] if module["items"] is not None else \
+                self.client.iter_module_items(cid, module["id"])
+            items = [i for i in (self._load(schemas.MODULE_ITEM, r, "module_item") for r in raw_items)
+                     if not isinstance(i, Rejected)]
+            for item in items:
+                if item["type"] == "Assignment" and item["content_id"] == activity_id:
+                    return str(module["id"]), str(item["id"])
+            listed.append((module, items))
         raw = self.client.get_assignment(cid, activity_id)
         assignment = self._load(schemas.ASSIGNMENT, raw, "activity")
         if not isinstance(assignment, Rejected):
             wanted = {("Quiz", assignment["quiz_id"])}
             if assignment["discussion_topic"]:
                 wanted.add(("Discussion", assignment["discussion_topic"]["id"]))
-            for item in items:
-                if (item["type"], item["content_id"]) in wanted:
-                    return str(item["id"])
-        raise NotFound(f"{self.name}: assignment {activity_id} is not an item of module {module['id']}",
-                       source=self.name)
+            for module, items in listed:
+                for item in items:
+                    if (item["type"], item["content_id"]) in wanted:
+                        return str(module["id"]), str(item["id"])
+        names = ", ".join(str(module["id"]) for module in modules)
+        raise NotFound(f"{self.name}: assignment {activity_id} is not an item of module {names}", source=self.name)
 
     def _push_message(self, write: MessageWrite) -> PushResult:
         recipients = tuple(dict.fromkeys(write.recipient_sourced_ids))

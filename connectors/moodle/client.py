@@ -292,6 +292,13 @@ class MoodleClient:
         """
         return self.call("gradereport_user_get_grade_items", {"courseid": course_id, "userid": user_id})
 
+    def get_ltis_by_courses(self, course_ids: Iterable[int]) -> Any:
+        """Return ``{ltis, warnings}``: the courses' LTI activities (``toolurl`` only for course editors).
+
+        :calls: POST /webservice/rest/server.php mod_lti_get_ltis_by_courses
+        """
+        return self.call("mod_lti_get_ltis_by_courses", {"courseids": list(course_ids)})
+
     def list_course_competencies(self, course_id: int) -> Any:
         """Return ``[{competency, coursecompetency}]`` for a course.
 

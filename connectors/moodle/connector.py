@@ -5,6 +5,8 @@ Module; a grade item of an activity (or a manual item) is an Activity, keyed by 
 restrict-access grade conditions and grade writes refer to the same thing; a course competency is a
 Competency scoped to its course (Moodle rates competencies per course). Moodle user ids are the
 people's sourced ids and, since Moodle sends its user id as the LTI ``sub``, their ``lti_sub`` too.
+The grade item of an LTI activity that launches one of this Trailmark's mastery checks (its ``toolurl``
+under ``tool_url``, read with ``mod_lti_get_ltis_by_courses``) has category ``trailmark-mastery-check``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from connectors.base import (
     Write,
 )
 from connectors.http import HttpClient
+from connectors.mastery_check import CHECK_CATEGORY, custom_params, is_check_link
 from connectors.moodle.availability import (
     availability_grade_conditions,
     requires_grade,
@@ -63,6 +66,7 @@ from connectors.moodle.schemas import (
     FrameworkSchema,
     GradeItem,
     GradeItemSchema,
+    LtiInstanceSchema,
     MessageResultSchema,
     ModuleCompetencySchema,
     ModuleSchema,
@@ -103,6 +107,7 @@ FORMAT_PLAIN = 2
 GRADE_UPDATE_STATUS = {1: "failed", 2: "the activity has several grade items with that number",
                        3: "the grade item was deleted", 4: "the grade item is locked"}
 _CACHED_COURSES = 32
+LTI_COURSES_PER_CALL = 50  # courses per mod_lti_get_ltis_by_courses call
 
 
 def _ts(value: int | None) -> datetime | None:
@@ -115,6 +120,16 @@ def _list(value: Any) -> list[Any]:
 
 def _section_title(number: int) -> str:
     return "General" if number == 0 else f"Section {number}"
+
+
+def _required_grades(availability: str | None) -> tuple[tuple[str, float], ...]:
+    """Return (grade item id, min %) for each grade every way through a restrict-access tree demands."""
+    tree = parse_json_text(availability)
+    found: dict[str, float] = {}
+    for item, low, _high in availability_grade_conditions(tree):
+        if low is not None and requires_grade(tree, item, low):
+            found[str(item)] = max(low, found.get(str(item), low))
+    return tuple(sorted(found.items()))
 
 
 def _id(value: str, what: str, source: str) -> int:
@@ -196,9 +211,11 @@ class MoodleConnector:
         page_size: int = 100,
         role_map: Mapping[str, str] | None = None,
         grade_source: str = "trailmark",
+        tool_url: str | None = None,
     ) -> None:
         self.name = name
         self.client = client
+        self.tool_url = tool_url  # Trailmark's public base URL: its mastery checks launch below it
         self.course_ids = tuple(int(c) for c in course_ids)
         self.category_ids = tuple(int(c) for c in category_ids)
         self.page_size = max(1, int(page_size))
@@ -258,6 +275,7 @@ class MoodleConnector:
             category_ids=ids("category_ids"),
             page_size=int(cfg.get("page_size", 100)),
             role_map=cfg.get("role_map"),
+            tool_url=str(cfg["tool_url"]) if cfg.get("tool_url") else None,
         )
 
     @property
@@ -291,9 +309,14 @@ class MoodleConnector:
             yield Complete("course")
             yield Complete("class")
         people: set[int] = set()
+        checks: dict[int, frozenset[int]] | None = {}
+        if scope.includes(Scope.CONTENT) and courses:
+            checks, problems = self._check_instances(courses)
+            yield from problems
         for course in courses:
             try:
-                yield from self._pull_course(course, scope, people)
+                yield from self._pull_course(course, scope, people,
+                                             None if checks is None else checks.get(course.id, frozenset()))
             except (NotFound, AuthError) as exc:
                 if getattr(exc, "errorcode", "") == "invalidtoken":
                     raise
@@ -331,7 +354,8 @@ class MoodleConnector:
                 seen.add(course.id)
                 yield course
 
-    def _pull_course(self, course: MoodleCourse, scope: Scope, people: set[int]) -> Iterator[Item]:
+    def _pull_course(self, course: MoodleCourse, scope: Scope, people: set[int],
+                     checks: frozenset[int] | None = frozenset()) -> Iterator[Item]:
         cid = str(course.id)
         if scope.includes(Scope.ROSTER):
             yield from self._pull_roster(course, people)
@@ -346,7 +370,7 @@ class MoodleConnector:
         grades = self._load_grades(course)
         yield from grades.rejected
         if content:
-            yield from self._activities(course, grades, cm_section, cms)
+            yield from self._activities(course, grades, cm_section, cms, checks)
         comps, comps_complete = self._course_competencies(course)
         if content:
             for comp, scale in comps:
@@ -456,9 +480,13 @@ class MoodleConnector:
             if section["id"] <= 0:
                 continue  # -1: the pseudo-section of stealth activities
             title = section["name"] or _section_title(section["section"])
+            loaded = list(load_each(ModuleSchema(), section["modules"], "activity"))
             yield Module(sourced_id=str(section["id"]), class_sourced_id=cid, title=title,
-                         position=section["section"], published=section["visible"])
-            for cm in load_each(ModuleSchema(), section["modules"], "activity"):
+                         position=section["section"], published=section["visible"],
+                         access_conditions=tuple((cm.name, _required_grades(cm.availability)) for cm in loaded
+                                                 if not isinstance(cm, Rejected)
+                                                 and cm.modname not in NOT_GATED_MODULES))
+            for cm in loaded:
                 if isinstance(cm, Rejected):
                     yield cm
                     continue
@@ -488,6 +516,58 @@ class MoodleConnector:
             title = section["name"] or _section_title(section["section"])
             result[str(section["id"])] = SectionRestrictions(title, activities)
         return result
+
+    # ------------------------------------------------------------------ mastery checks
+
+    def _check_instances(self, courses: list[MoodleCourse]
+                         ) -> tuple[dict[int, frozenset[int]] | None, list[Rejected]]:
+        """Return each course's LTI instance ids that launch Trailmark's mastery checks (``None``: unreadable).
+
+        A deep-linked check keeps the content item's URL as its ``toolurl`` and its custom parameters as
+        ``instructorcustomparameters``; only a URL on ``tool_url``'s scheme, host and path counts.
+
+        :calls: POST /webservice/rest/server.php mod_lti_get_ltis_by_courses
+        """
+        function = "mod_lti_get_ltis_by_courses"
+        if not self.tool_url:
+            return {}, []
+        if not self.client.has_function(function):
+            log.warning("%s: %s is not in the web service, so Trailmark's mastery checks in Moodle are not "
+                        "recognised; add it to the service", self.name, function)
+            return {}, []
+        rows: list[Any] = []
+        for start in range(0, len(courses), LTI_COURSES_PER_CALL):
+            chunk = [c.id for c in courses[start:start + LTI_COURSES_PER_CALL]]
+            try:
+                body = self.client.get_ltis_by_courses(chunk)
+            except (AuthError, NotFound, RemoteRejected, ConfigurationError) as exc:
+                if getattr(exc, "errorcode", "") == "invalidtoken":
+                    raise
+                return None, [Rejected("activity", None, function, f"LTI activities not read: {exc}")]
+            raw = body.get("ltis") if isinstance(body, Mapping) else None
+            if not isinstance(raw, list):
+                return None, [Rejected("activity", None, function, f"{function} returned no ltis list")]
+            rows.extend(raw)
+        found: dict[int, set[int]] = {}
+        rejected: list[Rejected] = []
+        hidden = 0
+        for lti in load_each(LtiInstanceSchema(), rows, "activity"):
+            if isinstance(lti, Rejected):
+                rejected.append(lti)
+                continue
+            if lti.toolurl is None and lti.securetoolurl is None:
+                hidden += 1
+                continue
+            custom = custom_params(lti.instructorcustomparameters)
+            if any(is_check_link(url, self.tool_url, custom) for url in (lti.toolurl, lti.securetoolurl)):
+                found.setdefault(lti.course, set()).add(lti.id)
+        if rejected:
+            return None, rejected
+        if hidden:
+            log.warning("%s: the web service user cannot see the tool URL of %d LTI activities (it needs "
+                        "moodle/course:manageactivities), so mastery checks among them are not recognised",
+                        self.name, hidden)
+        return {course: frozenset(ids) for course, ids in found.items()}, []
 
     # ------------------------------------------------------------------ grades
 
@@ -531,11 +611,23 @@ class MoodleConnector:
     def _is_activity(item: GradeItem) -> bool:
         return item.itemtype in GRADED_ITEM_TYPES and item.outcomeid is None
 
+    @staticmethod
+    def _is_check(item: GradeItem, checks: frozenset[int]) -> bool:
+        """Tell whether a grade item is the activity grade of one of Trailmark's mastery-check LTI instances."""
+        return item.itemtype == "mod" and item.itemmodule == "lti" and item.iteminstance in checks and \
+            not item.itemnumber
+
     def _activities(self, course: MoodleCourse, grades: _CourseGrades, cm_section: Mapping[int, int],
-                    cms: Mapping[int, MoodleModule]) -> Iterator[Item]:
+                    cms: Mapping[int, MoodleModule], checks: frozenset[int] | None = frozenset()
+                    ) -> Iterator[Item]:
+        """Yield the course's graded items; ``checks`` None (unreadable) leaves its LTI activities as they are."""
         cid = str(course.id)
+        kept_back = False
         for item in grades.items.values():
             if not self._is_activity(item):
+                continue
+            if checks is None and item.itemmodule == "lti":
+                kept_back = True  # a mastery check or not: unknown this time, so the store keeps what it has
                 continue
             cm = cms.get(item.cmid) if item.cmid else None
             section = cm_section.get(item.cmid) if item.cmid else None
@@ -548,10 +640,11 @@ class MoodleConnector:
                 module_sourced_id=str(section) if section is not None else None,
                 score_maximum=item.grademax,
                 due_at=due,
-                category=item.itemmodule or item.itemtype,
+                category=CHECK_CATEGORY if checks and self._is_check(item, checks) else
+                item.itemmodule or item.itemtype,
             )
         # An empty report (no gradable users yet) says nothing about which items exist.
-        if grades.rows and not grades.rejected:
+        if grades.rows and not grades.rejected and not kept_back:
             yield Complete("activity", cid, "class")
 
     def _grade_results(self, grades: _CourseGrades) -> Iterator[Item]:

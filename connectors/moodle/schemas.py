@@ -320,6 +320,36 @@ class UserGradesSchema(_Base):
         return UserGrades(**data)
 
 
+# --------------------------------------------------------------------------- LTI activities
+
+
+@dataclass(frozen=True, slots=True)
+class LtiInstance:
+    """One mod_lti activity (``mod_lti_get_ltis_by_courses``); the tool fields need a course editor's token."""
+
+    id: int  # the instance: a grade item's ``iteminstance``
+    coursemodule: int  # the cmid: a grade item's ``cmid``
+    course: int
+    name: str
+    toolurl: str | None
+    securetoolurl: str | None
+    instructorcustomparameters: str | None  # "name=value" lines (the content item's custom parameters)
+
+
+class LtiInstanceSchema(_Base):
+    id = fields.Integer(required=True)
+    coursemodule = fields.Integer(required=True)
+    course = fields.Integer(required=True)
+    name = fields.String(load_default="")
+    toolurl = _text()
+    securetoolurl = _text()
+    instructorcustomparameters = _text()
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> LtiInstance:
+        return LtiInstance(**data)
+
+
 # --------------------------------------------------------------------------- competencies
 
 

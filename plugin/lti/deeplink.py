@@ -10,6 +10,13 @@ from pylti1p3.deep_link_resource import DeepLinkResource
 from pylti1p3.lineitem import LineItem
 from pylti1p3.registration import Registration
 
+from connectors.mastery_check import (
+    CHECK_CATEGORY,
+    CHECK_PLACEMENT,
+    CUSTOM_MODULE,
+    CUSTOM_PLACEMENT,
+    check_launch_path,
+)
 from plugin.lti.keys import SigningKey
 
 
@@ -31,7 +38,7 @@ class Placement:
     key: str
     title: str
     description: str
-    path: str  # launch path below the tool's base URL
+    path: str  # launch path (and query) below the tool's base URL
     custom: tuple[tuple[str, str], ...] = ()
     score_maximum: float | None = None  # set → the item gets a line item (gradebook column)
     resource_id: str | None = None
@@ -39,7 +46,11 @@ class Placement:
 
 
 def placements_for(modules: Sequence[tuple[str, str]]) -> list[Placement]:
-    """The class dashboard, the learner profile, and one mastery check per module ((sourced_id, title) pairs)."""
+    """The class dashboard, the learner profile, and one mastery check per module ((sourced_id, title) pairs).
+
+    A check's URL names its placement and module in the query, where the LMS's REST data shows it (Canvas
+    ``external_tool_tag_attributes.url``, Moodle ``toolurl``), so the connectors recognise the check there.
+    """
     items = [
         Placement("dashboard", "Trailmark class dashboard",
                   "Mastery grid, pace chart, alerts and small groups for teachers; each student's own path.",
@@ -52,8 +63,8 @@ def placements_for(modules: Sequence[tuple[str, str]]) -> list[Placement]:
         items.append(Placement(
             f"mastery-check:{sourced_id}", f"Mastery check: {title}",
             "Scored 100 when the student has shown mastery of this module; a gate for the next module.",
-            "/lti/launch", (("trailmark_placement", "mastery-check"), ("trailmark_module", sourced_id)),
-            score_maximum=100.0, resource_id=f"mastery-check:{sourced_id}", tag="trailmark-mastery-check"))
+            check_launch_path(sourced_id), ((CUSTOM_PLACEMENT, CHECK_PLACEMENT), (CUSTOM_MODULE, sourced_id)),
+            score_maximum=100.0, resource_id=f"{CHECK_PLACEMENT}:{sourced_id}", tag=CHECK_CATEGORY))
     return items
 
 

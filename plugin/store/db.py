@@ -1,21 +1,38 @@
-"""Engine, sessions and migrations. One session per request (on ``g``) or per job, explicit."""
+"""Engine, sessions and migrations. One session per request (on ``g``) or per job, explicit.
+
+Planner statistics. PostgreSQL's autovacuum keeps them (and the sync engine analyzes tables it grows within a
+run). SQLite has none until someone runs ``ANALYZE``, and without them it guesses at every index; so after a
+migration and after every sync that wrote rows, :func:`refresh_statistics` analyzes the indexes never analyzed
+on a table that now has rows (a first bulk load) or whose table has grown tenfold since, then runs
+``PRAGMA optimize``. ``PRAGMA analysis_limit`` keeps each ``ANALYZE`` to a sample, so a district-sized table
+costs milliseconds, not a scan.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
     from flask import Flask
 
+    from plugin.privacy import ErasureList
+
+log = logging.getLogger("trailmark.store")
+
 EXTENSION = "trailmark.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_ANALYSIS_LIMIT = 1000  # index rows ANALYZE samples per index (SQLite's own advice: a few hundred to 1000)
+REANALYZE_GROWTH = 10  # re-analyze a table once it holds this many times the rows its statistics describe
+SQLITE_DEFAULT_CACHE_KIB = 2_000  # SQLite's own default page cache
+SQLITE_BULK_CACHE_KIB = 65_536  # a bulk write's page cache (the default thrashes on district-sized indexes)
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -60,8 +77,42 @@ def upgrade(url: str, revision: str = "head") -> None:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+            refresh_statistics(conn)
     finally:
         engine.dispose()
+
+
+def refresh_statistics(conn: Connection) -> list[str]:
+    """SQLite: analyze the tables whose statistics are missing or outgrown, then ``PRAGMA optimize``.
+
+    Return the tables analyzed. On PostgreSQL do nothing: autovacuum analyzes.
+    """
+    if conn.dialect.name != "sqlite":
+        return []
+    run = conn.exec_driver_sql
+    stats: dict[str, int] = {}
+    if run("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'").first() is not None:
+        for index, stat in run("SELECT idx, stat FROM sqlite_stat1 WHERE idx IS NOT NULL"):
+            head = str(stat or "").split(" ", 1)[0]
+            stats[index] = int(head) if head.isdigit() else 0
+    indexes: dict[str, list[str]] = {}
+    for table, index in run("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
+                            "AND tbl_name NOT LIKE 'sqlite_%' ORDER BY tbl_name, name"):
+        indexes.setdefault(table, []).append(index)
+    stale = []
+    for table, names in indexes.items():
+        quoted = conn.dialect.identifier_preparer.quote(table)
+        rows = run(f"SELECT max(rowid) FROM {quoted}").scalar()  # a bound on the row count, from the b-tree edge
+        if not rows:
+            continue
+        described = [stats[name] for name in names if name in stats]
+        if len(described) < len(names) or rows > REANALYZE_GROWTH * max(min(described), 1):
+            stale.append(table)
+    run(f"PRAGMA analysis_limit = {SQLITE_ANALYSIS_LIMIT}")  # also bounds what PRAGMA optimize analyzes
+    for table in stale:
+        run(f"ANALYZE {conn.dialect.identifier_preparer.quote(table)}")
+    run("PRAGMA optimize")
+    return stale
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -84,6 +135,9 @@ class Store:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # the erased people's identifiers, keyed with the app's secret (set by plugin.privacy.init_app); the
+        # sync engine consults it before it creates a person
+        self.erasures: ErasureList | None = None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -97,6 +151,56 @@ class Store:
             raise
         finally:
             session.close()
+
+    @contextlib.contextmanager
+    def bulk_session(self, *, cache_kib: int = SQLITE_BULK_CACHE_KIB) -> Iterator[Session]:
+        """A session for one large write, committed on success and rolled back on error.
+
+        On SQLite its connection runs without per-row foreign-key checks and with a larger page cache, and gets
+        both back afterwards: the caller vouches for every reference it writes (the sync engine checks the ones
+        it did not create itself, once per batch, which costs far less than a lookup per row and index). Reading
+        ``PRAGMA foreign_keys`` tells the caller which it got. Other databases get an ordinary session.
+        """
+        if self.engine.dialect.name != "sqlite":
+            with self.session() as session:
+                yield session
+            return
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            # outside any transaction (SQLite ignores the foreign_keys pragma inside one)
+            raw.execute("PRAGMA foreign_keys = OFF")
+            raw.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
+            session = self.sessions(bind=conn)
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+                try:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    raw.execute("PRAGMA foreign_keys = ON")
+                    raw.execute(f"PRAGMA cache_size = -{SQLITE_DEFAULT_CACHE_KIB}")
+                except Exception:  # never hand the pool a connection that skips foreign-key checks
+                    conn.invalidate()
+                    log.warning("store.bulk_restore_failed", exc_info=True)
+
+    def refresh_statistics(self) -> list[str]:
+        """Refresh SQLite's planner statistics after a bulk write, in a short transaction of its own; never raises."""
+        if self.engine.dialect.name != "sqlite":
+            return []
+        try:
+            with self.engine.begin() as conn:
+                analyzed = refresh_statistics(conn)
+        except Exception:  # statistics only help the planner; a busy database can have them next time
+            log.warning("store.statistics_failed", exc_info=True)
+            return []
+        if analyzed:
+            log.debug("store.analyzed tables=%s", ",".join(analyzed))
+        return analyzed
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connectors import outbox
 from connectors.base import (
@@ -228,3 +228,41 @@ def test_targets_are_one_of_source_or_platform() -> None:
     with pytest.raises(ValueError):
         outbox.Target(source_id=1, platform_id=2)
     assert str(outbox.Target(platform_id=3)) == "platform:3"
+
+
+def test_cancelled_items_are_never_pushed_nor_retried(db: Store, target: tuple[int, outbox.Target]) -> None:
+    district_id, tgt = target
+    enqueue_scores(db, district_id, tgt, 3)
+    ids = [r.id for r in items(db)]
+    with db.session() as session:
+        session.execute(update(models.OutboxItem).where(models.OutboxItem.id == ids[1]).values(status=outbox.DEAD))
+        assert outbox.cancel(session, ids[:1], "cancelled: no longer wanted") == 1
+        assert outbox.cancel(session, ids[1:2], "cancelled: the person was erased", forget=True) == 1  # a dead letter
+    lms = FakeConnector("canvas")
+    report = outbox.dispatch_due(db, lambda _t: lms, NOW)
+    assert report.sent == 1 and [w.person_sourced_id for w, _ in lms.writes_log] == ["student-2"]
+    with db.session() as session:
+        assert not outbox.retry_dead(session, ids[1])
+        assert outbox.cancel(session, ids, "too late") == 0  # sent stays sent, cancelled stays as it was
+        assert outbox.summary(session, district_id) == {"cancelled": 2, "sent": 1}
+    kept, forgotten, sent = items(db)
+    assert (kept.status, kept.last_error, kept.payload["person_sourced_id"]) == (
+        "cancelled", "cancelled: no longer wanted", "student-0")
+    assert (forgotten.status, forgotten.payload, forgotten.idempotency_key) == ("cancelled", {}, f"cancelled:{ids[1]}")
+    assert sent.status == "sent"
+
+
+def test_a_push_in_flight_when_its_item_is_cancelled_leaves_it_cancelled(db: Store,
+                                                                          target: tuple[int, outbox.Target]) -> None:
+    district_id, tgt = target
+    enqueue_scores(db, district_id, tgt, 1)
+    (item,) = items(db)
+
+    def cancelled_meanwhile(write: object, call: int) -> Exception | None:
+        with db.session() as session:
+            outbox.cancel(session, [item.id], "cancelled: the person was erased on request", forget=True)
+        return None  # the LMS acknowledges the push that was already on its way
+
+    outbox.dispatch_due(db, lambda _t: FakeConnector("canvas", push_failures=cancelled_meanwhile), NOW)
+    (after,) = items(db)
+    assert (after.status, after.payload, after.sent_at, after.remote_id) == ("cancelled", {}, None, None)

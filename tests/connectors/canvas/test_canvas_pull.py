@@ -368,3 +368,11 @@ def test_full_pull_emits_parents_before_children_and_uses_assignment_points(canv
     assert results["submission:11"].score_maximum == 10.0
     assert "submission:16" not in results  # Test Student learnt from the roster listing
     assert len(canvas.calls("/api/v1/courses/101/enrollments")) == 2  # no extra Test Student listing
+
+
+def test_concurrency_caps_requests_in_flight(make_connector: Make) -> None:
+    connector = make_connector(concurrency=3)
+    slots = connector.client.http._slots
+    assert slots is not None
+    held = [slots.acquire(blocking=False) for _ in range(4)]
+    assert held == [True, True, True, False]
