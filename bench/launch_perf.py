@@ -18,19 +18,24 @@ alternating between the tools.
 
 Reported: launches/s, latency p50/p95/p99, the Trailmark/reference ratio, the server CPU per launch (utime +
 stime of the gunicorn master and workers from /proc) and next to it the floor — the CPU of two bare Flask
-requests (a do-nothing app under the same gunicorn) plus one RS256 verification, measured in the same run.
-Then Trailmark's launch is profiled in one process (cProfile over ``--profile`` launches through the test
-client) and the top entries are printed, with the SQL statements per launch.
+requests (a do-nothing app under the same gunicorn) plus one RS256 verification, measured in the same run; what
+gunicorn and HTTP cost per request (the bare app under gunicorn minus the same app called in process); the CPU
+per launch of the load generator (this process) and of redis-server; and what the targets need by Little's law
+(8 clients back to back: launches/s = 8 / mean latency) on this machine's CPUs.
+Then Trailmark's launch is profiled in one process through the test client: CPU and SQL statements per request
+of each step (the best of batches of 25 launches, so a burst of other work on the machine does not count), then
+cProfile over ``--profile`` launches: own time and function calls by layer (SQLAlchemy, Flask, Redis, Jinja, …;
+call counts do not depend on the machine's load) and the top entries.
 
-    python -m bench.launch_perf [--seconds 10] [--clients 8] [--rounds 2] [--profile 300]
+    python -m bench.launch_perf [--seconds 10] [--clients 8] [--rounds 2] [--profile 300] [--profile-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
-import logging
 import os
 import pstats
 import random
@@ -267,6 +272,9 @@ def start_bare(workdir: Path, workers: int, worker_class: str) -> Server:
     return _spawn("bare", args, _clean_env(), workdir, base, "/", "ok")
 
 
+REDIS_PIDS: list[int] = []  # the throwaway redis-server, whose CPU is counted per launch
+
+
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[str | None]:
     """TRAILMARK_BENCH_REDIS_URL, or a throwaway redis-server on a loopback port, or None."""
@@ -290,8 +298,11 @@ def redis_server(workdir: Path) -> Iterator[str | None]:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
+        REDIS_PIDS.append(proc.pid)
         yield url
     finally:
+        if proc.pid in REDIS_PIDS:
+            REDIS_PIDS.remove(proc.pid)
         proc.terminate()
         proc.wait()
 
@@ -327,7 +338,9 @@ class Result:
     launches: int = 0
     errors: int = 0
     seconds: float = 0.0
-    cpu: float = 0.0
+    cpu: float = 0.0  # the tool's gunicorn master and workers
+    generator_cpu: float = 0.0  # this process: the clients, the platform's signing and its JWKS server
+    redis_cpu: float = 0.0  # the throwaway redis-server (shared by both tools, idle for the bare app)
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
     steps: Steps = field(default_factory=dict)
@@ -344,11 +357,16 @@ class Result:
     def cpu_ms_per_launch(self) -> float:
         return self.cpu / self.launches * 1000 if self.launches else float("nan")
 
+    def per_launch_ms(self, seconds: float) -> float:
+        return seconds / self.launches * 1000 if self.launches else float("nan")
+
     def merge(self, other: Result) -> None:
         self.launches += other.launches
         self.errors += other.errors
         self.seconds += other.seconds
         self.cpu += other.cpu
+        self.generator_cpu += other.generator_cpu
+        self.redis_cpu += other.redis_cpu
         self.latencies += other.latencies
         self.first_error = self.first_error or other.first_error
         for name, values in other.steps.items():
@@ -432,7 +450,7 @@ def run_load(server: Server, platform: Platform, *, clients: int, seconds: float
     pids = server.pids()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         futures = [pool.submit(client, n) for n in range(clients)]
-        cpu0 = cpu_seconds(pids)
+        cpu0, own0, redis0 = cpu_seconds(pids), time.process_time(), cpu_seconds(REDIS_PIDS)
         t0 = time.perf_counter()
         stop_at[0] = t0 + seconds
         start_gate.wait()
@@ -440,6 +458,8 @@ def run_load(server: Server, platform: Platform, *, clients: int, seconds: float
             f.result()
         result.seconds = time.perf_counter() - t0
         result.cpu = cpu_seconds(pids) - cpu0
+        result.generator_cpu = time.process_time() - own0
+        result.redis_cpu = cpu_seconds(REDIS_PIDS) - redis0
     return result
 
 
@@ -460,6 +480,60 @@ def bare_get(http: requests.Session, server: Server, platform: Platform, rng: ra
     resp = http.get(server.base + "/", timeout=HTTP_TIMEOUT)
     if resp.status_code != 200:
         raise RuntimeError(f"bare app answered {resp.status_code}")
+
+
+def print_budget(t: Result, ref: Result, *, clients: int, cpus: int, p99_ms: float = 30.0) -> None:
+    """Where each launch's CPU goes on this machine, and what p99 < 30 ms at ``clients`` clients needs (Little)."""
+    print("\n  CPU per launch, ms       tool server   load generator   redis-server   total   bound at (launches/s)")
+    for res in (t, ref):
+        server, gen, red = res.cpu_ms_per_launch, res.per_launch_ms(res.generator_cpu), res.per_launch_ms(
+            res.redis_cpu)
+        total = server + gen + red
+        print(f"  {res.name:<22} {server:12.2f} {gen:16.2f} {red:14.2f} {total:7.2f}   "
+              f"{cpus * 1000 / total:8.0f} (all {cpus} CPUs), {1000 / gen:.0f} (generator's one GIL)")
+    needed = clients / (p99_ms / 1000)
+    budget = cpus * 1000 / needed
+    gen = t.per_launch_ms(t.generator_cpu)
+    red = t.per_launch_ms(t.redis_cpu)
+    print(f"  Little's law: {clients} clients back to back, so launches/s = {clients} / mean latency. p99 < "
+          f"{p99_ms:.0f} ms needs a mean below {p99_ms:.0f} ms, so more than {needed:.0f} launches/s; on {cpus} "
+          f"CPUs that leaves {budget:.2f} ms of CPU per launch for everything, and {1000 / needed:.2f} ms for the "
+          f"load generator (its {clients} threads share one GIL).")
+    ref_total = ref.cpu_ms_per_launch + ref.per_launch_ms(ref.generator_cpu) + ref.per_launch_ms(ref.redis_cpu)
+    print(f"  1.5x the reference's launches/s with all {cpus} CPUs busy needs Trailmark's whole launch (server + "
+          f"generator + Redis) in {ref_total / 1.5:.2f} ms, i.e. its server in "
+          f"{ref_total / 1.5 - gen - red:.2f} ms per launch (it used {t.cpu_ms_per_launch:.2f}).")
+    left = budget - gen - red
+    verdict = ("reachable only if the server fits in that" if left > 0 and gen < 1000 / needed else
+               "not reachable on this machine with this load generator, whatever the server does")
+    print(f"  Measured here: the generator uses {gen:.2f} ms and Redis {red:.2f} ms per Trailmark launch, leaving "
+          f"{left:.2f} ms for Trailmark's server (it used {t.cpu_ms_per_launch:.2f}): p99 < {p99_ms:.0f} ms is "
+          f"{verdict}. With today's total the mean latency cannot drop below "
+          f"{clients * (t.cpu_ms_per_launch + gen + red) / cpus:.1f} ms.")
+
+
+def bare_wsgi_cpu(n: int = 5000) -> float:
+    """CPU seconds of one request to the bare app called in this process (WSGI, no server, no socket)."""
+    from io import BytesIO
+
+    from bench.reference_tool.bare import create_app
+
+    app = create_app()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.errors": sys.stderr}
+
+    def start_response(*_args: Any) -> None:
+        pass
+
+    def once() -> None:
+        b"".join(app(dict(environ, **{"wsgi.input": BytesIO()}), start_response))
+
+    for _ in range(200):
+        once()
+    t0 = time.process_time()
+    for _ in range(n):
+        once()
+    return (time.process_time() - t0) / n
 
 
 def rs256_verify_cpu(platform: Platform, n: int = 2000) -> float:
@@ -497,7 +571,10 @@ def profile_trailmark(platform: Platform, database_url: str, redis_url: str | No
         cfg["redis"] = {"url": redis_url, "key_prefix": f"bench-profile:{uuid.uuid4().hex[:6]}:"}
     app = create_app(cfg, env={})
     bootstrap(app)
-    logging.disable(logging.INFO)  # the per-request log lines would interleave with the figures
+    # The per-request log lines are written (their cost is part of a launch) to nowhere, not between the figures.
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed at the end
+    quiet = contextlib.redirect_stderr(devnull)
+    quiet.__enter__()
     client = app.test_client()
     rng = random.Random(7)
     statements: dict[str, int] = {}
@@ -508,12 +585,18 @@ def profile_trailmark(platform: Platform, database_url: str, redis_url: str | No
         statements[step[0]] = statements.get(step[0], 0) + 1
 
     cpu: dict[str, float] = {}
+    calls: dict[str, int] = {}
+
+    measuring = [True]
 
     def timed(name: str, call: Callable[[], Any]) -> Any:
         step[0] = name
+        if not measuring[0]:
+            return call()
         t0 = time.process_time()
         result = call()
         cpu[name] = cpu.get(name, 0.0) + time.process_time() - t0
+        calls[name] = calls.get(name, 0) + 1
         return result
 
     def launch(user: int) -> None:
@@ -524,29 +607,62 @@ def profile_trailmark(platform: Platform, database_url: str, redis_url: str | No
         resp = timed("id_token POST", lambda: client.post(urlsplit(url).path, data=form))
         while resp.status_code in (302, 303):
             location = resp.headers["Location"]
-            name = "/p/home redirect GET" if location.startswith("/p/home") else "first panel GET"
+            path = urlsplit(location).path
+            name = f"{path} redirect GET" if path == "/p/home" else f"first panel GET {path}"
             resp = timed(name, lambda: client.get(location))  # noqa: B023 - called at once
         assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
 
     for user in range(USERS):  # every user's first launch: provisioning
         launch(user)
     statements.clear()
-    cpu.clear()
-    for _ in range(n):
-        launch(rng.randrange(USERS))
-    print(f"\nWhere a launch goes: {n} launches through the test client in one process ({_db_label(database_url)}"
-          f"{', Redis' if redis_url else ''}), CPU and SQL statements per launch by step:")
-    for name, seconds in cpu.items():
-        print(f"    {name:<30} {seconds / n * 1000:7.2f} ms  {statements.get(name, 0) / n:5.1f} statements")
-    print(f"    {'total':<30} {sum(cpu.values()) / n * 1000:7.2f} ms  {sum(statements.values()) / n:5.1f} statements")
+    # CPU per request of each step: the smallest average over batches of launches, so that a burst of other
+    # work on the machine inflates one batch rather than the figure.
+    best: dict[str, float] = {}
+    total_calls: dict[str, int] = {}
+    batch = 25
+    for _ in range(max(1, n // batch)):
+        cpu.clear()
+        calls.clear()
+        for _ in range(batch):
+            launch(rng.randrange(USERS))
+        for name, seconds in cpu.items():
+            best[name] = min(best.get(name, float("inf")), seconds / calls[name])
+            total_calls[name] = total_calls.get(name, 0) + calls[name]
+    launches = max(1, n // batch) * batch
+    print(f"\nWhere a launch goes: {launches} launches through the test client in one process "
+          f"({_db_label(database_url)}{', Redis' if redis_url else ''}). CPU per request (best batch of {batch} "
+          "launches), how often per launch, CPU and SQL statements per launch:")
+    total_ms = 0.0
+    for name, per_call in best.items():
+        share = total_calls[name] / launches
+        total_ms += per_call * share * 1000
+        print(f"    {name:<34} {per_call * 1000:7.2f} ms x {share:4.2f} = {per_call * share * 1000:6.2f} ms  "
+              f"{statements.get(name, 0) / total_calls[name]:5.1f} statements each")
+    print(f"    {'total':<34} {'':18}{total_ms:6.2f} ms  {sum(statements.values()) / launches:5.1f} statements "
+          "per launch")
 
+    measuring[0] = False
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(n):
         launch(rng.randrange(USERS))
     profiler.disable()
+    quiet.__exit__(None, None, None)
+    devnull.close()
     stats = pstats.Stats(profiler)
     width = stats.total_tt or 1.0  # type: ignore[attr-defined]
+    by_layer: dict[str, list[float]] = {}
+    for func, (_cc, nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        found = by_layer.setdefault(_layer(func[0], func[2]), [0.0, 0.0])
+        found[0] += tt
+        found[1] += nc
+    print("\n  cProfile, own time by layer (the whole launch, the platform's signing included; wall-clock time, so "
+          "Redis and database round trips include waiting), and function calls per launch (a count that does not "
+          "depend on the machine's load):")
+    for layer, (seconds, count) in sorted(by_layer.items(), key=lambda item: -item[1][0]):
+        print(f"    {layer:<50} {seconds / n * 1000:7.3f} ms/launch {seconds / width:6.1%} {count / n:8.0f} calls")
+    total_calls_n = sum(count for _, count in by_layer.values())
+    print(f"    {'total':<50} {width / n * 1000:7.3f} ms/launch {'':7} {total_calls_n / n:8.0f} calls")
     for key, title, only_ours in (("tottime", "own time, everything", False),
                                   ("cumulative", "cumulative time, Trailmark's own functions", True)):
         print(f"\n  cProfile, top entries by {title} (profiler overhead inflates the absolute figures):")
@@ -567,11 +683,115 @@ def profile_trailmark(platform: Platform, database_url: str, redis_url: str | No
     get_store(app).dispose()
 
 
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("database driver (sqlite3 / psycopg calls)", ("sqlite3.", "psycopg")),
+    ("SQLAlchemy (statement execution, ORM)", ("/sqlalchemy/",)),
+    ("Jinja templates and markupsafe", ("/jinja2/", "/markupsafe/", "<template>", ".html")),
+    ("Flask and Werkzeug (routing, request, response)", ("/flask/", "/werkzeug/")),
+    ("RSA and JWT (PyJWT, cryptography)", ("/jwt/", "/cryptography/", "RSAPrivateKey", "RSAPublicKey")),
+    ("Redis client and sockets", ("/redis/", "_socket.", "socket.py", "selectors")),
+    ("logging and redaction", ("/logging/", "observability.py", "re.Pattern")),
+    ("pylti1p3 message validators", ("/pylti1p3/",)),
+    ("Trailmark: plugin/learning", ("/plugin/learning/",)),
+    ("Trailmark: plugin/panels and store queries", ("/plugin/panels/", "/plugin/store/")),
+    ("Trailmark: plugin/lti, cache, app", ("/plugin/",)),
+    ("JSON", ("/json/", "json.")),
+)
+
+
+def _layer(filename: str, name: str) -> str:
+    """Name the layer a profiled function belongs to (by its file, or by the C function's name)."""
+    where = f"{filename} {name}"
+    for layer, marks in LAYERS:
+        if any(mark in where for mark in marks):
+            return layer
+    return "Python itself and the rest of the standard library"
+
+
 def _db_label(url: str) -> str:
     return "PostgreSQL" if url.startswith("postgresql") else "SQLite"
 
 
 # --------------------------------------------------------------------------- main
+
+
+def compare(args: argparse.Namespace, workdir: Path, platform: Platform, servers: list[Server],
+            redis_url: str | None, database_url: str, db_label: str) -> None:
+    """Start the three servers, load Trailmark and the reference tool in turns, and print the figures."""
+    if redis_url is None:
+        print("launch_perf: skipped — the reference tool keeps its nonces in Redis; install redis-server "
+              "or set TRAILMARK_BENCH_REDIS_URL.")
+        return
+    trailmark = start_trailmark(workdir, platform, database_url, redis_url, args.workers, args.worker_class)
+    servers.append(trailmark)
+    reference = start_reference(workdir, platform, redis_url, args.workers, args.worker_class)
+    servers.append(reference)
+    bare = start_bare(workdir, args.workers, args.worker_class)
+    servers.append(bare)
+    print(f"Launch benchmark: {args.clients} clients, {args.rounds} round(s) of {args.seconds:g} s per tool, "
+          f"{args.workers} gunicorn {args.worker_class} workers each, {os.cpu_count()} CPUs, load average "
+          f"before start {os.getloadavg()[0]:.2f}.")
+    print(f"  Trailmark: {db_label} + Redis; reference: pylti1p3 {_version('pylti1p3next')} + Redis. "
+          f"{USERS} users (20% teachers) in {COURSES} classes, each warmed up by one launch.")
+
+    for server in (trailmark, reference):  # warm up: every user launches once, code paths get hot
+        try:
+            warm_up(server, platform, args.clients)
+        except Exception as exc:  # noqa: BLE001
+            log = server.log.read_text()
+            errors = [line for line in log.splitlines() if '"ERROR"' in line or "Traceback" in line]
+            raise SystemExit(f"{server.name} failed during warm-up: {exc}\n"
+                             f"{chr(10).join(errors[-3:]) or log[-3000:]}") from None
+
+    totals = {"trailmark": Result("trailmark"), "reference": Result("reference")}
+    for r in range(args.rounds):
+        order = (trailmark, reference) if r % 2 == 0 else (reference, trailmark)
+        for server in order:
+            res = run_load(server, platform, clients=args.clients, seconds=args.seconds, seed=r)
+            totals[server.name].merge(res)
+            print(f"  round {r + 1} {server.name:<9} {res.rate:7.1f} launches/s  p50 {res.pct(0.5):6.1f} ms"
+                  f"  p99 {res.pct(0.99):6.1f} ms  CPU {res.cpu_ms_per_launch:5.2f} ms/launch"
+                  f"  errors {res.errors}")
+
+    floor_run = run_load(bare, platform, clients=args.clients, seconds=max(3.0, args.seconds / 2), seed=5,
+                         action=bare_get)
+    bare_ms = floor_run.cpu_ms_per_launch
+    verify_ms = rs256_verify_cpu(platform) * 1000
+    floor_ms = 2 * bare_ms + verify_ms
+
+    t, ref = totals["trailmark"], totals["reference"]
+    print("\n                     launches/s    p50 ms   p95 ms   p99 ms   server CPU ms/launch   errors")
+    for res in (t, ref):
+        print(f"  {res.name:<18} {res.rate:10.1f} {res.pct(0.5):9.1f} {res.pct(0.95):8.1f} "
+              f"{res.pct(0.99):8.1f} {res.cpu_ms_per_launch:14.2f} {res.errors:14d}")
+    names = ["login", "auth (platform signs)", "id_token POST", "redirect GET", "panel GET"]
+    print("\n  p50 ms per step:   " + "".join(f"{n:>22}" for n in names))
+    for res in (t, ref):
+        print(f"  {res.name:<18} " + "".join(f"{res.step_p50(n):22.1f}" for n in names))
+    ratio = t.rate / ref.rate if ref.rate else float("nan")
+    print(f"\n  Trailmark / reference launches per second: {ratio:.2f}x  (target >= 1.5x)  "
+          f"{'MET' if ratio >= 1.5 else 'MISSED'}")
+    print(f"  Trailmark p99: {t.pct(0.99):.1f} ms  (target < 30 ms)  {'MET' if t.pct(0.99) < 30 else 'MISSED'}")
+    print(f"  Server CPU per launch: Trailmark {t.cpu_ms_per_launch:.2f} ms, reference "
+          f"{ref.cpu_ms_per_launch:.2f} ms; floor {floor_ms:.2f} ms = 2 x bare Flask request "
+          f"{bare_ms:.3f} ms + RS256 verify {verify_ms:.3f} ms  (Trailmark = "
+          f"{t.cpu_ms_per_launch / floor_ms:.1f} x floor, reference = {ref.cpu_ms_per_launch / floor_ms:.1f}"
+          " x floor)")
+    print(f"  Bare Flask under the same gunicorn: {floor_run.rate:.0f} requests/s at {args.clients} clients.")
+    in_process_ms = bare_wsgi_cpu() * 1000
+    print(f"  gunicorn and HTTP per request: bare Flask under gunicorn {bare_ms:.3f} ms - the same app called in "
+          f"process {in_process_ms:.3f} ms = {bare_ms - in_process_ms:.3f} ms; a launch is 3 requests for both tools, "
+          f"so {3 * (bare_ms - in_process_ms):.2f} ms of each one's server CPU per launch is spent before and after "
+          "the app.")
+    print(f"  Platform JWKS fetched {platform.jwks_hits} time(s) in the whole run.")
+    print_budget(t, ref, clients=args.clients, cpus=os.cpu_count() or 1)
+    for res in (t, ref):
+        if res.errors:
+            print(f"  {res.name} first error: {res.first_error}")
+
+    for server in servers:
+        server.stop()
+    servers.clear()
 
 
 def main() -> None:
@@ -583,6 +803,7 @@ def main() -> None:
     parser.add_argument("--worker-class", choices=("gthread", "sync"), default="gthread",
                         help="gunicorn worker class of all three servers (gthread keeps connections alive)")
     parser.add_argument("--profile", type=int, default=300, help="launches to profile (0: skip)")
+    parser.add_argument("--profile-only", action="store_true", help="skip the servers and the load: profile only")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="trailmark-launch-perf-"))
@@ -590,72 +811,8 @@ def main() -> None:
     servers: list[Server] = []
     try:
         with redis_server(workdir) as redis_url, database(workdir) as (database_url, db_label):
-            if redis_url is None:
-                print("launch_perf: skipped — the reference tool keeps its nonces in Redis; install redis-server "
-                      "or set TRAILMARK_BENCH_REDIS_URL.")
-                return
-            trailmark = start_trailmark(workdir, platform, database_url, redis_url, args.workers, args.worker_class)
-            servers.append(trailmark)
-            reference = start_reference(workdir, platform, redis_url, args.workers, args.worker_class)
-            servers.append(reference)
-            bare = start_bare(workdir, args.workers, args.worker_class)
-            servers.append(bare)
-            print(f"Launch benchmark: {args.clients} clients, {args.rounds} round(s) of {args.seconds:g} s per tool, "
-                  f"{args.workers} gunicorn {args.worker_class} workers each, {os.cpu_count()} CPUs, load average "
-                  f"before start {os.getloadavg()[0]:.2f}.")
-            print(f"  Trailmark: {db_label} + Redis; reference: pylti1p3 {_version('pylti1p3next')} + Redis. "
-                  f"{USERS} users (20% teachers) in {COURSES} classes, each warmed up by one launch.")
-
-            for server in (trailmark, reference):  # warm up: every user launches once, code paths get hot
-                try:
-                    warm_up(server, platform, args.clients)
-                except Exception as exc:  # noqa: BLE001
-                    raise SystemExit(f"{server.name} failed during warm-up: {exc}\n"
-                                     f"{server.log.read_text()[-3000:]}") from None
-
-            totals = {"trailmark": Result("trailmark"), "reference": Result("reference")}
-            for r in range(args.rounds):
-                order = (trailmark, reference) if r % 2 == 0 else (reference, trailmark)
-                for server in order:
-                    res = run_load(server, platform, clients=args.clients, seconds=args.seconds, seed=r)
-                    totals[server.name].merge(res)
-                    print(f"  round {r + 1} {server.name:<9} {res.rate:7.1f} launches/s  p50 {res.pct(0.5):6.1f} ms"
-                          f"  p99 {res.pct(0.99):6.1f} ms  CPU {res.cpu_ms_per_launch:5.2f} ms/launch"
-                          f"  errors {res.errors}")
-
-            floor_run = run_load(bare, platform, clients=args.clients, seconds=max(3.0, args.seconds / 2), seed=5,
-                                 action=bare_get)
-            bare_ms = floor_run.cpu_ms_per_launch
-            verify_ms = rs256_verify_cpu(platform) * 1000
-            floor_ms = 2 * bare_ms + verify_ms
-
-            t, ref = totals["trailmark"], totals["reference"]
-            print("\n                     launches/s    p50 ms   p95 ms   p99 ms   server CPU ms/launch   errors")
-            for res in (t, ref):
-                print(f"  {res.name:<18} {res.rate:10.1f} {res.pct(0.5):9.1f} {res.pct(0.95):8.1f} "
-                      f"{res.pct(0.99):8.1f} {res.cpu_ms_per_launch:14.2f} {res.errors:14d}")
-            names = ["login", "auth (platform signs)", "id_token POST", "redirect GET", "panel GET"]
-            print("\n  p50 ms per step:   " + "".join(f"{n:>22}" for n in names))
-            for res in (t, ref):
-                print(f"  {res.name:<18} " + "".join(f"{res.step_p50(n):22.1f}" for n in names))
-            ratio = t.rate / ref.rate if ref.rate else float("nan")
-            print(f"\n  Trailmark / reference launches per second: {ratio:.2f}x  (target >= 1.5x)  "
-                  f"{'MET' if ratio >= 1.5 else 'MISSED'}")
-            print(f"  Trailmark p99: {t.pct(0.99):.1f} ms  (target < 30 ms)  {'MET' if t.pct(0.99) < 30 else 'MISSED'}")
-            print(f"  Server CPU per launch: Trailmark {t.cpu_ms_per_launch:.2f} ms, reference "
-                  f"{ref.cpu_ms_per_launch:.2f} ms; floor {floor_ms:.2f} ms = 2 x bare Flask request "
-                  f"{bare_ms:.3f} ms + RS256 verify {verify_ms:.3f} ms  (Trailmark = "
-                  f"{t.cpu_ms_per_launch / floor_ms:.1f} x floor, reference = {ref.cpu_ms_per_launch / floor_ms:.1f}"
-                  " x floor)")
-            print(f"  Bare Flask under the same gunicorn: {floor_run.rate:.0f} requests/s at {args.clients} clients.")
-            print(f"  Platform JWKS fetched {platform.jwks_hits} time(s) in the whole run.")
-            for res in (t, ref):
-                if res.errors:
-                    print(f"  {res.name} first error: {res.first_error}")
-
-            for server in servers:
-                server.stop()
-            servers.clear()
+            if not args.profile_only:
+                compare(args, workdir, platform, servers, redis_url, database_url, db_label)
         if args.profile:
             with redis_server(workdir) as redis_url, database(workdir / "profile") as (database_url, _label):
                 cwd = os.getcwd()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, render_template, request
+from flask.sessions import SessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -37,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, env: Mapping[str, str
         SECURE_COOKIES=base_url.startswith("https://"),
         TEMPLATES_AUTO_RELOAD=False,
     )
+    app.session_interface = NoCookieSession()
     if cfg["server"]["trust_proxy"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)  # type: ignore[method-assign]
     logging.getLogger("trailmark").setLevel(cfg["server"]["log_level"])
@@ -80,6 +82,21 @@ def create_app(config: Mapping[str, Any] | None = None, *, env: Mapping[str, str
         return {"status": "ok"}, 200
 
     return app
+
+
+class NoCookieSession(SessionInterface):
+    """Trailmark keeps no Flask cookie session: a launch session is an ``ltik`` ticket (``plugin/lti/sessions.py``).
+
+    Flask would otherwise open and verify a signed session cookie on every request; ``flask.session`` is a
+    read-only empty ``NullSession`` here, and writing to it fails loudly.
+    """
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        """No session to open: Flask falls back to its null session."""
+        return None
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        """Nothing to save."""
 
 
 def _error_pages(app: Flask) -> None:

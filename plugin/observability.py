@@ -12,10 +12,15 @@ Request ids. Each request gets an id: the incoming ``X-Request-Id`` when it look
 ``._:-``, 8–128 characters), otherwise a new random one. It is in every log line written while serving the
 request and in the ``X-Request-Id`` response header (which the gunicorn access log picks up).
 
-Metrics. ``/metrics`` serves launches by message type and view, refused logins and launches by reason (counted
-in each process; set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory when several workers serve), and, read
-from the database at scrape time so every worker answers alike: sync runs per source and status, their
-durations, each source's last run and health, and the outbox depth by status.
+Metrics. ``/metrics`` serves launches by message type and view, refused logins and launches by reason and
+requests by endpoint and status, counted where they happen; and, read from the database at scrape time so every
+worker answers alike: sync runs per source and status, their durations, each source's last run and health, and
+the outbox depth by status. Under ``trailmark serve`` the counters are prometheus-client's multiprocess kind:
+``serve`` gives the workers a fresh private directory (``PROMETHEUS_MULTIPROC_DIR``) before they fork, each
+worker counts into its own memory-mapped file there, any worker's scrape adds every file up (those of workers
+that have exited too, so no counter drops while the server runs), and the master marks a worker dead when it
+exits, so the ``livesum`` gauge of live workers drops it. Without gunicorn (``trailmark start``, tests) the same
+counters live in the process.
 
 Readiness. ``/healthz`` says the process is up; ``/readyz`` says it can serve: the database answers and is at the
 schema this code needs, Redis answers when configured, and the encryption key is loaded. 503 otherwise.
@@ -31,13 +36,13 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select, text
 
@@ -165,22 +170,98 @@ def configure_logging(log_format: str, level: str) -> None:
 
 # =========================================================================== metrics
 
-_REGISTRY = CollectorRegistry(auto_describe=True)
-LAUNCHES = Counter("trailmark_lti_launches", "LTI launches that passed every check, by message type and view",
-                   ["message_type", "view"], registry=_REGISTRY)
-REFUSALS = Counter("trailmark_lti_launch_failures", "LTI logins and launches refused, by reason", ["reason"],
-                   registry=_REGISTRY)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _MESSAGE_TYPES = {"LtiResourceLinkRequest": "resource_link", "LtiDeepLinkingRequest": "deep_linking"}
+
+
+class _Metrics:
+    """The metrics counted in this process (built again when the process switches to multiprocess files)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.launches = Counter("trailmark_lti_launches", "LTI launches that passed every check, by message type "
+                                "and view", ["message_type", "view"], registry=self.registry)
+        self.refusals = Counter("trailmark_lti_launch_failures", "LTI logins and launches refused, by reason",
+                                ["reason"], registry=self.registry)
+        self.requests = Counter("trailmark_http_requests", "HTTP requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        # Made by the first worker_started(): an unlabelled metric has a value (in multiprocess mode, a file)
+        # from the moment it exists, and only web workers should have one.
+        self.workers: Gauge | None = None
+
+
+_metrics = _Metrics()
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of the workers' metric files, when this process counts into one."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and os.path.isdir(path) else None
+
+
+def use_multiprocess(path: str) -> Callable[[], None]:
+    """Count into files under ``path``, shared with every process forked from here; return how to undo it.
+
+    ``trailmark serve`` calls it before gunicorn forks: prometheus-client chose in-memory values when it was
+    imported, so the value class is switched and the metrics are built again on it.
+    """
+    global _metrics
+    from prometheus_client import values
+
+    before = (os.environ.get(MULTIPROC_ENV), values.ValueClass, _metrics)
+    os.environ[MULTIPROC_ENV] = path
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+    _metrics = _Metrics()
+
+    def undo() -> None:
+        global _metrics
+        env, values.ValueClass, _metrics = before
+        if env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = env
+
+    return undo
+
+
+def _in_memory_unless_the_directory_exists() -> None:
+    """A ``PROMETHEUS_MULTIPROC_DIR`` that is not a directory would fail every count: count in memory instead."""
+    global _metrics
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path or os.path.isdir(path):
+        return
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "_multiprocess", False):
+        log.warning("observability.metrics_dir_missing %s=%s is not a directory: metrics are counted in this "
+                    "process only", MULTIPROC_ENV, path)
+        values.ValueClass = values.MutexValue
+        _metrics = _Metrics()
 
 
 def count_launch(message_type: str | None, view: str | None) -> None:
     """Count a launch that passed every check."""
-    LAUNCHES.labels(message_type=_MESSAGE_TYPES.get(message_type or "", "other"), view=(view or "none")[:16]).inc()
+    _metrics.launches.labels(message_type=_MESSAGE_TYPES.get(message_type or "", "other"),
+                             view=(view or "none")[:16]).inc()
 
 
 def count_refusal(reason: str | None) -> None:
     """Count a refused login or launch."""
-    REFUSALS.labels(reason=(reason or "unknown")[:64]).inc()
+    _metrics.refusals.labels(reason=(reason or "unknown")[:64]).inc()
+
+
+def count_request(endpoint: str | None, status: int) -> None:
+    """Count an answered request under its endpoint's name (bounded, unlike paths)."""
+    _metrics.requests.labels(endpoint=(endpoint or "unmatched")[:64], status=str(status)).inc()
+
+
+def worker_started() -> None:
+    """Say this process is a live web worker (gunicorn's post_worker_init)."""
+    if _metrics.workers is None:
+        _metrics.workers = Gauge("trailmark_web_workers", "Web workers alive under trailmark serve",
+                                 registry=_metrics.registry, multiprocess_mode="livesum")
+    _metrics.workers.set(1)
 
 
 def _duration_seconds(dialect: str) -> Any:
@@ -213,9 +294,9 @@ class StoreCollector:
 
     def _outbox(self, session: Any) -> Iterator[Any]:
         item = m.OutboxItem
-        depth = GaugeMetricFamily("trailmark_outbox_items", "Outbox items by status (pending, sent, dead)",
-                                  labels=["status"])
-        counts = dict.fromkeys(("pending", "sent", "dead"), 0)
+        depth = GaugeMetricFamily("trailmark_outbox_items", "Outbox items by status (pending, sent, dead, "
+                                  "cancelled)", labels=["status"])
+        counts = dict.fromkeys(("pending", "sent", "dead", "cancelled"), 0)
         counts.update({status: n for status, n in session.execute(
             select(item.status, func.count()).group_by(item.status)).all()})
         for status, n in sorted(counts.items()):
@@ -295,15 +376,15 @@ class _Scrape:
 
     def __init__(self, app: Flask):
         self.parts: list[Any] = []
-        multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if multiproc and os.path.isdir(multiproc):
+        path = multiprocess_dir()
+        if path is not None:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry, path=path)
             self.parts.append(registry)
         else:
-            self.parts.append(_REGISTRY)
+            self.parts.append(_metrics.registry)
         self.parts.append(StoreCollector(app))
 
     def collect(self) -> Iterator[Any]:
@@ -378,6 +459,7 @@ def init_app(app: Flask) -> None:
     """Install logging, request ids and the /metrics and /readyz endpoints."""
     cfg = app.config["TRAILMARK"]
     configure_logging(cfg["observability"]["log_format"], cfg["server"]["log_level"])
+    _in_memory_unless_the_directory_exists()
     token_ref = cfg["observability"]["metrics_token"]
     if token_ref:
         from plugin.config import resolve_secret
@@ -398,6 +480,7 @@ def init_app(app: Flask) -> None:
         rid = g.get("request_id")
         if rid:
             resp.headers[REQUEST_ID_HEADER] = rid
+        count_request(request.endpoint, resp.status_code)
         return resp
 
     @app.teardown_request

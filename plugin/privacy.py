@@ -8,17 +8,33 @@ LTI private keys are stored encrypted with it (``plugin/lti/keys.py`` calls ``en
 tokens are stored as SHA-256 digests only, which is stronger still.
 
 Erasure. ``erase_person`` deletes a student's learning state, results, enrollments, guardian links, sessions and
-sign-in links, anonymises the person row and marks every external reference to what it deleted as ``erased``:
-the row and its references are the tombstone that tells the sync engine (and a returning launch) that this
-person was erased on request, so a later sync reports the record instead of recreating it silently.
+sign-in links, cancels the outbox writes still waiting for them (their scores, messages to them and alert
+messages about them, pending or dead-lettered; the rows stay, with the reason and without their payload),
+anonymises the person row and marks every external reference to what it deleted as ``erased``: the row and its
+references are the tombstone that tells the source that sent them (and a returning launch from the same LMS)
+that this person was erased on request, so a later sync reports the record instead of recreating it silently.
+All of it is one transaction, the caller's.
+
+The erasure list makes it hold everywhere else. A different source, or a launch from another platform, knows
+the student by other ids, so the erasure also keeps keyed hashes (HMAC-SHA256 with a key derived from
+``server.secret_key``) of the identifiers a record could name them by: SIS id, e-mail, username and each
+system's own id. Never the values: a copy of the database alone cannot even test a guess. Before the sync
+engine creates a person (the district's list is read once per run; each new person's identifiers are hashed
+and looked up in memory) and before a launch provisions one (one query), the identifiers are checked; a match
+is reported as "erased on request" and nothing is created (a launch is refused). An SIS id or a system id
+alone names the person; an e-mail or username only within the same kind of role (learner, staff, family) and
+when the record carries no other SIS id (two siblings may share a family address). ``lift_erasure`` takes the
+student off the list when the family asks (audited): the next full sync or launch creates them afresh.
 
 Retention. ``purge`` deletes operational records older than the configured retention: audit events, sync runs
-(the latest run of each source is kept), sent outbox items and profile snapshots; used nonces, login states,
-sessions, sign-in links and rate-limit windows as soon as they have expired.
+(the latest run of each source is kept), sent and cancelled outbox items and profile snapshots; used nonces,
+login states, sessions, sign-in links and rate-limit windows as soon as they have expired.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -29,9 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from connectors import outbox
+from connectors.sync import ROLE_GROUPS
 from plugin.config import ConfigError, resolve_secret
 from plugin.store import models as m
 
@@ -43,10 +61,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("trailmark.privacy")
 
 ERASED = "erased"  # status of an erased person and of every external reference to what was erased
+ERASED_REASON = "erased on request; not imported again"  # what a sync or launch reports for an erased person
+OUTBOX_CANCEL_REASON = "cancelled: the person was erased on request"
 KEY_EXTENSION = "trailmark.keyring"
+ERASURES_EXTENSION = "trailmark.erasures"
+ERASURE_KEY_LABEL = b"trailmark erasure list v1"
+WEAK_KINDS = frozenset({"email", "username"})  # name a person only within a role group, and with no other SIS id
+LOOKUP_CHUNK = 5000
 PURGE_BATCH = 5000
 _PEM = b"-----BEGIN"
 _default_ring: Keyring | ConfigError | None = None
+_default_erasures: ErasureList | None = None
 
 
 # =========================================================================== encryption at rest
@@ -131,8 +156,11 @@ def load_keyring(cfg: Mapping[str, Any], *, create: bool = False) -> Keyring:
 
 
 def init_app(app: Flask) -> None:
-    """Load the keys once; a missing key is reported when a secret is first needed (and by /readyz)."""
-    global _default_ring
+    """Load the keys once (a missing key is reported when a secret is first needed, and by /readyz); key the
+    erasure list with the app's secret and hand it to the store, where the sync engine finds it."""
+    global _default_ring, _default_erasures
+    from plugin.store.db import get_store
+
     cfg = app.config["TRAILMARK"]
     ring: Keyring | ConfigError
     try:
@@ -141,6 +169,10 @@ def init_app(app: Flask) -> None:
         ring = exc
     app.extensions[KEY_EXTENSION] = ring
     _default_ring = ring
+    erasures = ErasureList(erasure_key(app.config["SECRET_KEY"]))
+    app.extensions[ERASURES_EXTENSION] = erasures
+    get_store(app).erasures = erasures
+    _default_erasures = erasures
 
 
 def keyring(app: Flask | None = None) -> Keyring:
@@ -198,6 +230,181 @@ def reencrypt_keys(session: Session, ring: Keyring | None = None) -> int:
         changed += 1
     session.flush()
     return changed
+
+
+# =========================================================================== the erasure list
+
+
+def erasure_key(secret: str) -> bytes:
+    """Derive the erasure list's HMAC key from ``server.secret_key``."""
+    return hmac.new(secret.encode(), ERASURE_KEY_LABEL, hashlib.sha256).digest()
+
+
+def role_group(role: str | None) -> str:
+    """The group of roles one person may hold at once (learner, staff, family), as the sync engine matches."""
+    return ROLE_GROUPS.get(role or "", role or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The identifiers a record or a launch brings for someone who may have been erased."""
+
+    key: str  # the record's own id (a sourced id, a launch's sub), to report it by
+    role: str | None = None
+    sis_id: str | None = None
+    email: str | None = None
+    username: str | None = None
+    refs: tuple[tuple[str, str], ...] = ()  # (namespace, external id): a source's or platform's own id
+
+
+Entry = tuple[str, int, str, str | None]  # what one listed hash says: kind, erasure id, role group, SIS-id hash
+
+
+class ErasureList:
+    """The erased people's identifiers as keyed hashes, one district at a time."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self.key_id = hashlib.sha256(b"key id:" + key).hexdigest()[:12]
+        # HMAC-SHA256 (RFC 2104) with its two padded keys hashed once: a third of hmac.digest()'s time per hash
+        block = (key if len(key) <= 64 else hashlib.sha256(key).digest()).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def mac(self, message: bytes) -> str:
+        """HMAC-SHA256 of ``message`` under the list's key, in hex."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    def digest(self, kind: str, value: str | None) -> str | None:
+        """Hash one identifier (SIS ids and system ids exactly, e-mails and usernames case-folded)."""
+        if value is None:
+            return None
+        text = str(value).strip()
+        if not text:
+            return None
+        if kind in WEAK_KINDS:
+            text = text.casefold()
+        return self.mac(f"{kind}\x1f{text}".encode())
+
+    def ref_digest(self, namespace: str, external_id: str) -> str | None:
+        """Hash one system's own id for a person (its namespace is part of it)."""
+        return self.digest("ref", f"{namespace}\x1f{external_id}") if external_id else None
+
+    def digests(self, who: Identity) -> list[tuple[str, str]]:
+        """Return (kind, digest) for every identifier ``who`` carries."""
+        out = [(kind, d) for kind, value in (("sis_id", who.sis_id), ("email", who.email),
+                                             ("username", who.username))
+               if (d := self.digest(kind, value)) is not None]
+        out += [("ref", d) for ns, ext in who.refs if (d := self.ref_digest(ns, ext)) is not None]
+        return out
+
+    @staticmethod
+    def _entries(conn: Connection | Session, district_id: int, digests: Sequence[str] | None
+                 ) -> dict[str, list[Entry]]:
+        """The district's listed hashes (all of them, or those among ``digests``) with what each says."""
+        ident, erasure = m.ErasedIdentifier, m.Erasure
+        query = (select(ident.digest, ident.kind, erasure.id, erasure.role_group, erasure.sis_digest)
+                 .join(erasure, erasure.id == ident.erasure_id)
+                 .where(ident.district_id == district_id, erasure.lifted_at.is_(None)))
+        chunks = [None] if digests is None else [digests[i:i + LOOKUP_CHUNK]
+                                                 for i in range(0, len(digests), LOOKUP_CHUNK)]
+        entries: dict[str, list[Entry]] = {}
+        for chunk in chunks:
+            stmt = query if chunk is None else query.where(ident.digest.in_(chunk))
+            for digest, kind, erasure_id, group, sis_digest in conn.execute(stmt):
+                entries.setdefault(digest, []).append((kind, erasure_id, group, sis_digest))
+        return entries
+
+    @staticmethod
+    def _decide(role: str | None, own_sis: str | None, hashes: Iterable[str | None],
+                entries: Mapping[str, list[Entry]]) -> int | None:
+        """The erasure these hashes of one person name, if any (a strong match wins over a weak one)."""
+        weak = None
+        for d in hashes:
+            for kind, erasure_id, group, sis_digest in entries.get(d, ()) if d else ():
+                if kind not in WEAK_KINDS:
+                    return erasure_id
+                other_sis = bool(own_sis and sis_digest and own_sis != sis_digest)
+                if weak is None and role_group(role) == group and not other_sis:
+                    weak = erasure_id  # not someone else who merely shares an address, or a name
+        return weak
+
+    def _match(self, people: Iterable[Identity], entries: Mapping[str, list[Entry]]) -> dict[str, int]:
+        """Return ``key`` → erasure id for the people the entries name."""
+        found: dict[str, int] = {}
+        for who in people:
+            hashes = self.digests(who)
+            own_sis = next((d for kind, d in hashes if kind == "sis_id"), None)
+            erasure_id = self._decide(who.role, own_sis, (d for _kind, d in hashes), entries)
+            if erasure_id is not None:
+                found[who.key] = erasure_id
+        return found
+
+    def find(self, conn: Connection | Session, district_id: int, people: Sequence[Identity]) -> dict[str, int]:
+        """Return ``key`` → erasure id for those of ``people`` who were erased (one query per 5,000 hashes)."""
+        digests = list(dict.fromkeys(d for who in people for _kind, d in self.digests(who)))
+        if not digests:
+            return {}
+        return self._match(people, self._entries(conn, district_id, digests))
+
+    def checker(self, conn: Connection, district_id: int) -> ErasureCheck:
+        """The list as one sync run asks it, batch after batch."""
+        return ErasureCheck(self, conn, district_id)
+
+
+class ErasureCheck:
+    """One run's questions to the erasure list.
+
+    The district's listed hashes are read once, on the first batch that would create people (the list only
+    grows by hand, one erasure request at a time, so it stays small); then each batch is hashed and looked up in
+    memory. A district nobody was erased in costs one query per run, and no hashing.
+    """
+
+    def __init__(self, erasures: ErasureList, conn: Connection, district_id: int):
+        self.erasures = erasures
+        self.conn = conn
+        self.district_id = district_id
+        self._entries: dict[str, list[Entry]] | None = None
+        self._weak: list[str] = []
+
+    def people(self, namespace: str, records: Sequence[Any]) -> dict[str, int]:
+        """Return sourced id → erasure id for the person records (of source ``namespace``) that were erased.
+
+        Only the kinds of identifier on the list are hashed. The source's own id is not: a record this source
+        sent before has a reference, and the engine itself reports the erased ones.
+        """
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = self.erasures._entries(self.conn, self.district_id, None)
+            self._weak = [k for k in ("email", "username") if any(e[0] == k for es in entries.values() for e in es)]
+        if not entries or not records:
+            return {}
+        digest, decide, weak = self.erasures.digest, self.erasures._decide, self._weak
+        found: dict[str, int] = {}
+        for r in records:
+            own_sis = digest("sis_id", r.sis_id)
+            erasure_id = decide(r.role, own_sis, [own_sis, *(digest(k, getattr(r, k)) for k in weak)], entries)
+            if erasure_id is not None:
+                found[r.sourced_id] = erasure_id
+        return found
+
+
+def erasure_list(app: Flask | None = None) -> ErasureList:
+    """The erasure list of ``app`` (or the current app; outside an app, the last one created)."""
+    erasures: ErasureList | None
+    if app is None:
+        from flask import current_app, has_app_context
+
+        erasures = current_app.extensions.get(ERASURES_EXTENSION) if has_app_context() else _default_erasures
+    else:
+        erasures = app.extensions.get(ERASURES_EXTENSION)
+    if erasures is None:
+        raise ConfigError("the erasure list needs server.secret_key, and no app was created to read it")
+    return erasures
 
 
 # =========================================================================== finding a person
@@ -365,6 +572,8 @@ class ErasureReport:
     deleted: Mapping[str, int] = field(default_factory=dict)
     refs_marked: int = 0
     class_ids: tuple[int, ...] = ()
+    outbox_cancelled: int = 0
+    erasure_id: int | None = None
 
 
 def _delete(session: Session, model: Any, *where: ColumnElement[bool]) -> int:
@@ -372,22 +581,69 @@ def _delete(session: Session, model: Any, *where: ColumnElement[bool]) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def _mark_refs(session: Session, district_id: int, kind: str, entity_ids: Iterable[int]) -> int:
+def _mark_refs(session: Session, district_id: int, kind: str, entity_ids: Iterable[int]) -> list[int]:
+    """Mark the references to these rows erased; return their ids."""
     ids = sorted(set(entity_ids))
-    marked = 0
+    marked: list[int] = []
+    ref = m.ExternalRef
     for start in range(0, len(ids), 500):
-        result = session.execute(
-            update(m.ExternalRef)
-            .where(m.ExternalRef.district_id == district_id, m.ExternalRef.kind == kind,
-                   m.ExternalRef.entity_id.in_(ids[start:start + 500]))
-            .values(status=ERASED, fingerprint=None).execution_options(synchronize_session=False))
-        marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        found = list(session.scalars(select(ref.id).where(ref.district_id == district_id, ref.kind == kind,
+                                                          ref.entity_id.in_(ids[start:start + 500]))))
+        if found:
+            session.execute(update(ref).where(ref.id.in_(found)).values(status=ERASED, fingerprint=None)
+                            .execution_options(synchronize_session=False))
+            marked += found
     return marked
 
 
+def _queued_writes(session: Session, district_id: int, person_refs: Sequence[tuple[str, str]],
+                   alert_ids: Sequence[int]) -> list[int]:
+    """The pending and dead outbox items that carry this person: their scores, messages to them, and the
+    alert messages about them (to their teachers and parents)."""
+    from plugin.alert_messages import KEY_PREFIX
+
+    item = m.OutboxItem
+    sources = dict(session.execute(select(m.Source.name, m.Source.id).where(m.Source.district_id == district_id)).all())
+    ids_at: dict[tuple[str, int], set[str]] = {}  # target → the person's ids in that system
+    for ns, ext in person_refs:
+        if ns.startswith("lti:") and ns[4:].isdigit():
+            ids_at.setdefault(("platform", int(ns[4:])), set()).add(ext)
+        elif ns in sources:
+            ids_at.setdefault(("source", sources[ns]), set()).add(ext)
+    about = tuple(f"{KEY_PREFIX}:{aid}:" for aid in alert_ids)
+    found = []
+    for item_id, source_id, platform_id, kind, key, payload in session.execute(
+            select(item.id, item.source_id, item.platform_id, item.kind, item.idempotency_key, item.payload)
+            .where(item.status.in_((outbox.PENDING, outbox.DEAD)), item.district_id == district_id,
+                   item.kind.in_(("score", "message")))):
+        theirs = ids_at.get(("source", source_id) if source_id is not None else ("platform", platform_id or 0), set())
+        data = payload if isinstance(payload, Mapping) else {}
+        if (kind == "score" and data.get("person_sourced_id") in theirs) or (
+                kind == "message" and (theirs.intersection(data.get("recipient_sourced_ids") or ())
+                                       or (about and str(key).startswith(about)))):
+            found.append(item_id)
+    return found
+
+
+def _list_erasure(session: Session, erasures: ErasureList, person: m.Person, person_refs: Sequence[tuple[str, str]],
+                  ref_ids: Sequence[int], *, actor: str, now: datetime) -> m.Erasure:
+    """Put the person's identifiers on the erasure list, as keyed hashes."""
+    who = Identity(str(person.id), person.role, person.sis_id, person.email, person.username, tuple(person_refs))
+    erasure = m.Erasure(district_id=person.district_id, person_id=person.id, role_group=role_group(person.role),
+                        sis_digest=erasures.digest("sis_id", person.sis_id), key_id=erasures.key_id,
+                        ref_ids=sorted(set(ref_ids)), erased_at=now, erased_by=actor)
+    session.add(erasure)
+    session.flush()
+    session.add_all([m.ErasedIdentifier(district_id=person.district_id, erasure_id=erasure.id, kind=kind, digest=d)
+                     for kind, d in dict.fromkeys(erasures.digests(who))])
+    return erasure
+
+
 def erase_person(session: Session, district_id: int, person_id: int, *, actor: str, now: datetime,
-                 recompute: bool = True) -> ErasureReport:
-    """Erase one person's data on request and leave a tombstone; audited. The caller commits."""
+                 recompute: bool = True, erasures: ErasureList | None = None) -> ErasureReport:
+    """Erase one person's data on request, cancel their queued writes, list their identifiers (hashed) so no
+    source or launch brings them back, and leave a tombstone; audited. The caller commits."""
+    erasures = erasures or erasure_list()
     person = session.scalars(select(m.Person).where(m.Person.district_id == district_id,
                                                     m.Person.id == person_id)).first()
     if person is None:
@@ -397,8 +653,15 @@ def erase_person(session: Session, district_id: int, person_id: int, *, actor: s
     d, pid = district_id, person_id
     class_ids = tuple(sorted(session.scalars(select(m.Enrollment.class_id).where(
         m.Enrollment.district_id == d, m.Enrollment.person_id == pid).distinct())))
+    person_refs = [(ns, ext) for ns, ext in session.execute(
+        select(m.ExternalRef.namespace, m.ExternalRef.external_id).where(
+            m.ExternalRef.district_id == d, m.ExternalRef.kind == "person", m.ExternalRef.entity_id == pid)).all()]
+    alert_ids = list(session.scalars(select(m.AlertRecord.id).where(m.AlertRecord.district_id == d,
+                                                                    m.AlertRecord.person_id == pid)))
+    cancelled = outbox.cancel(session, _queued_writes(session, d, person_refs, alert_ids), OUTBOX_CANCEL_REASON,
+                              forget=True)
     deleted: dict[str, int] = {}
-    marked = 0
+    marked: list[int] = []
     # Canonical rows other systems send: mark their references first, so the engine knows them as erased.
     for kind, model, where in (
         ("result", m.Result, (m.Result.person_id == pid,)),
@@ -418,6 +681,7 @@ def erase_person(session: Session, district_id: int, person_id: int, *, actor: s
     session.execute(update(m.GateOverrideRecord).where(m.GateOverrideRecord.author_id == pid)
                     .values(author_id=None).execution_options(synchronize_session=False))
     marked += _mark_refs(session, d, "person", [pid])
+    erasure = _list_erasure(session, erasures, person, person_refs, marked, actor=actor, now=now)
     person.sourced_id = f"{ERASED}:{pid}"
     person.given_name = ""
     person.family_name = ""
@@ -429,14 +693,90 @@ def erase_person(session: Session, district_id: int, person_id: int, *, actor: s
     person.updated_at = now
     deleted = {k: v for k, v in deleted.items() if v}
     session.add(m.AuditEvent(district_id=d, at=now, actor=actor, action="privacy.erase", subject=f"person:{pid}",
-                             detail={"deleted": deleted, "refs_marked": marked}))
+                             detail={"deleted": deleted, "refs_marked": len(marked), "outbox_cancelled": cancelled,
+                                     "erasure": erasure.id}))
     session.flush()
     if recompute and class_ids:
         from plugin.progress import recompute as recompute_classes
 
         recompute_classes(session, d, list(class_ids), now=now)
-    log.info("privacy.erased person=%s deleted=%s refs=%s", pid, sum(deleted.values()), marked)
-    return ErasureReport(person_id=pid, deleted=deleted, refs_marked=marked, class_ids=class_ids)
+    log.info("privacy.erased person=%s deleted=%s refs=%s outbox_cancelled=%s", pid, sum(deleted.values()),
+             len(marked), cancelled)
+    return ErasureReport(person_id=pid, deleted=deleted, refs_marked=len(marked), class_ids=class_ids,
+                         outbox_cancelled=cancelled, erasure_id=erasure.id)
+
+
+@dataclass(frozen=True)
+class LiftReport:
+    """What lifting one erasure released."""
+
+    person_id: int | None
+    erasure_id: int | None
+    refs_freed: int
+
+
+def find_erasure(session: Session, district_id: int, ref: str, erasures: ErasureList | None = None
+                 ) -> m.Erasure | None:
+    """Find the district's active erasure of a person by Trailmark id (of the tombstone), SIS id or e-mail."""
+    ref = ref.strip()
+    e = m.Erasure
+    active = (e.district_id == district_id, e.lifted_at.is_(None))
+    if ref.isdigit():
+        found = session.scalars(select(e).where(*active, e.person_id == int(ref)).order_by(e.id.desc())).first()
+        if found is not None:
+            return found
+    erasures = erasures or erasure_list()
+    digests = [d for d in (erasures.digest("sis_id", ref), erasures.digest("email", ref)) if d]
+    return session.scalars(select(e).join(m.ErasedIdentifier, m.ErasedIdentifier.erasure_id == e.id).where(
+        *active, m.ErasedIdentifier.district_id == district_id, m.ErasedIdentifier.kind.in_(("sis_id", "email")),
+        m.ErasedIdentifier.digest.in_(digests)).order_by(e.id.desc())).first()
+
+
+def lift_erasure(session: Session, district_id: int, person_id: int, *, actor: str, now: datetime,
+                 reason: str = "") -> LiftReport:
+    """Take an erased person off the erasure list at the family's request; audited. The caller commits.
+
+    Their hashed identifiers are deleted and the references the erasure kept are freed, so the next full sync
+    (or launch) creates them afresh; nothing erased comes back by itself. The anonymised tombstone stays.
+    """
+    person = session.scalars(select(m.Person).where(m.Person.district_id == district_id,
+                                                    m.Person.id == person_id)).first()
+    if person is None or person.status != ERASED:
+        raise LookupError(f"person {person_id} of this district is not erased")
+    found = list(session.scalars(select(m.Erasure).where(m.Erasure.district_id == district_id,
+                                                         m.Erasure.person_id == person_id,
+                                                         m.Erasure.lifted_at.is_(None))))
+    if not found and session.scalar(select(func.count()).select_from(m.Erasure).where(
+            m.Erasure.district_id == district_id, m.Erasure.person_id == person_id)):
+        raise LookupError(f"the erasure of person {person_id} was already lifted")
+    ref = m.ExternalRef
+    ref_ids = {int(i) for e in found for i in (e.ref_ids or [])}
+    ref_ids.update(session.scalars(select(ref.id).where(ref.district_id == district_id, ref.kind == "person",
+                                                       ref.entity_id == person_id, ref.status == ERASED)))
+    freed = 0
+    ids = sorted(ref_ids)
+    for start in range(0, len(ids), 500):
+        freed += _delete(session, ref, ref.district_id == district_id, ref.status == ERASED,
+                         ref.id.in_(ids[start:start + 500]))
+    for erasure in found:
+        _delete(session, m.ErasedIdentifier, m.ErasedIdentifier.erasure_id == erasure.id)
+        erasure.lifted_at = now
+        erasure.lifted_by = actor
+    detail: dict[str, Any] = {"refs_freed": freed, "erasures": [e.id for e in found]}
+    if reason.strip():
+        detail["reason"] = reason.strip()[:500]
+    session.add(m.AuditEvent(district_id=district_id, at=now, actor=actor, action="privacy.erasure_lifted",
+                             subject=f"person:{person_id}", detail=detail))
+    session.flush()
+    log.info("privacy.erasure_lifted person=%s refs=%s", person_id, freed)
+    return LiftReport(person_id=person_id, erasure_id=found[0].id if found else None, refs_freed=freed)
+
+
+def list_erasures(session: Session, district_id: int, *, include_lifted: bool = False) -> list[m.Erasure]:
+    """The district's erasures, newest first."""
+    e = m.Erasure
+    where = [e.district_id == district_id] + ([] if include_lifted else [e.lifted_at.is_(None)])
+    return list(session.scalars(select(e).where(*where).order_by(e.erased_at.desc(), e.id.desc())))
 
 
 # =========================================================================== retention
@@ -481,8 +821,10 @@ def purge(store: Store, privacy_cfg: Mapping[str, Any], *, now: datetime, dry_ru
         "sync_run": _purge_rows(store, m.SyncRun, m.SyncRun.started_at < cutoff("sync_run"),
                                 m.SyncRun.status != "running", m.SyncRun.id.not_in(latest_runs or [0]),
                                 dry_run=dry_run),
-        "outbox_item": _purge_rows(store, m.OutboxItem, m.OutboxItem.status == "sent",
-                                   m.OutboxItem.sent_at < cutoff("outbox_item"), dry_run=dry_run),
+        "outbox_item": _purge_rows(store, m.OutboxItem, or_(
+            and_(m.OutboxItem.status == outbox.SENT, m.OutboxItem.sent_at < cutoff("outbox_item")),
+            and_(m.OutboxItem.status == outbox.CANCELLED, m.OutboxItem.created_at < cutoff("outbox_item"))),
+            dry_run=dry_run),
         "profile_snapshot": _purge_rows(store, m.ProfileSnapshotRecord,
                                         m.ProfileSnapshotRecord.taken_on < cutoff("profile_snapshot").date(),
                                         dry_run=dry_run),

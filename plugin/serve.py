@@ -7,20 +7,30 @@ Redis when ``redis.url`` is set), so any worker can finish a launch another one 
 With ``--with-scheduler`` every worker also stands for election as the scheduler (see ``plugin/leader.py``):
 exactly one runs the jobs at a time, and when that worker exits or is recycled another one takes over within a
 few heartbeats. Large districts run ``trailmark scheduler`` on its own host instead and serve without it.
+
+Metrics add up across workers: before forking, the master makes a fresh private directory for prometheus-client's
+multiprocess files (inside ``PROMETHEUS_MULTIPROC_DIR`` when that is set, e.g. to systemd's ``RuntimeDirectory``,
+else in the system's temporary directory), points ``PROMETHEUS_MULTIPROC_DIR`` at it for the workers, marks each
+worker dead when it exits (``child_exit``) and removes the directory when it stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
-from collections.abc import Callable, Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+
+from plugin import observability
 
 WORKER_HEADER = "X-Trailmark-Worker"
 LEADER_ATTR = "_trailmark_leader"
@@ -146,8 +156,9 @@ class TrailmarkServer(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", _worker_ready)
+        self.cfg.set("child_exit", _worker_gone)
         if self.with_scheduler:
-            self.cfg.set("post_worker_init", _stand_for_scheduler)
             self.cfg.set("worker_exit", _leave_scheduler)
 
     def load(self) -> Callable[..., Any]:
@@ -157,6 +168,37 @@ class TrailmarkServer(BaseApplication):  # type: ignore[misc]
         app = create_app(self.overrides or None)
         self.flask_app = app
         return with_worker_header(app) if self.worker_header else app
+
+
+def _worker_ready(worker: Any) -> None:
+    """In a new worker: count it among the live ones, and stand for scheduler if asked."""
+    observability.worker_started()
+    if getattr(worker.app, "with_scheduler", False):
+        _stand_for_scheduler(worker)
+
+
+def _worker_gone(_server: Any, worker: Any) -> None:
+    """In the master, when a worker has exited: its live gauges stop counting (its counters stay)."""
+    path = observability.multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str]:
+    """A fresh private directory for the workers' metric files while gunicorn runs; removed afterwards."""
+    parent = os.environ.get(observability.MULTIPROC_ENV) or None
+    if parent is not None:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="trailmark-metrics-", dir=parent)  # mode 0700, never reused
+    undo = observability.use_multiprocess(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        undo()
 
 
 def _stand_for_scheduler(worker: Any) -> None:
@@ -180,5 +222,6 @@ def serve(cfg: Mapping[str, Any], *, host: str, port: int, workers: int, threads
     check_bind(host, port)
     options = gunicorn_options(cfg, host=host, port=port, workers=workers, threads=threads)
     overrides = {"server": {"host": host, "port": port, "workers": workers, "threads": threads}}
-    TrailmarkServer(options, overrides=overrides, with_scheduler=with_scheduler,
-                    worker_header=cfg["server"]["worker_header"]).run()
+    with metrics_directory():
+        TrailmarkServer(options, overrides=overrides, with_scheduler=with_scheduler,
+                        worker_header=cfg["server"]["worker_header"]).run()

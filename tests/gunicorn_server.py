@@ -237,7 +237,8 @@ def wait_until_up(base: str, proc: subprocess.Popen[bytes], log_path: Path) -> N
 @contextmanager
 def serve(database_url: str, workdir: Path, *, workers: int = 2,
           server_toml: str = 'worker_header = true\nworker_class = "sync"',
-          scheduler_toml: str = "", args: tuple[str, ...] = ()) -> Iterator[Served]:
+          scheduler_toml: str = "", args: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> Iterator[Served]:
     """Start `trailmark serve` with a loopback LMS registered in its district file; stop it afterwards."""
     platform = LoopbackPlatform()
     port = free_port()
@@ -251,7 +252,7 @@ def serve(database_url: str, workdir: Path, *, workers: int = 2,
         f'{platform.toml()}')
     log_path = workdir / "serve.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAILMARK_", "DATABASE_URL"))}
-    full_env.update({"TRAILMARK_CONFIG": str(district), "PYTHONPATH": str(ROOT)})
+    full_env.update({"TRAILMARK_CONFIG": str(district), "PYTHONPATH": str(ROOT), **(env or {})})
     with log_path.open("wb") as log:
         proc = subprocess.Popen([*TRAILMARK, "serve", "--migrate", *args], cwd=workdir, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

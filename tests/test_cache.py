@@ -25,8 +25,10 @@ def _closed_port() -> int:
 def test_without_redis_the_cache_is_null() -> None:
     cache = cache_from_config(load_config(env={}))
     assert isinstance(cache, NullCache) and not cache.enabled
-    cache.set("k", b"v", 60)
+    assert cache.set("k", b"v", 60) is False
     assert cache.get("k") is None and cache.add_if_absent("k", b"v", 60) is None
+    assert cache.get_many(["k", "j"]) == [None, None]
+    assert cache.take("k") is None and cache.delete_indexed("i") is None
 
 
 @pytest.mark.redis
@@ -43,9 +45,31 @@ def test_get_set_and_add_if_absent(redis_url: str) -> None:
     assert 0 < raw.ttl(prefix + "once") <= 30 and 0 < raw.ttl(prefix + "a") <= 60
     other = RedisCache.from_url(redis_url, prefix=f"test:{uuid.uuid4().hex}:")
     assert other.get("a") is None  # prefixes keep several Trailmarks apart
-    cache.set("gone", b"1", 0)  # no TTL, no write
+    assert cache.set("gone", b"1", 0) is False  # no TTL, no write
     assert cache.get("gone") is None
     raw.delete(prefix + "a", prefix + "once")
+
+
+@pytest.mark.redis
+def test_get_many_take_and_indexed_keys(redis_url: str) -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    cache = RedisCache.from_url(redis_url, prefix=prefix)
+    raw = redis.Redis.from_url(redis_url)
+    assert cache.set("state", b"s", 60) is True
+    assert cache.get_many(["mark", "state"]) == [None, b"s"]
+    assert cache.take("state", mark=("mark", 30)) is True  # this call deleted it, and marked why
+    assert cache.take("state", mark=("mark", 30)) is False  # a second taker finds it gone
+    assert cache.get_many(["mark", "state"]) == [b"1", None]
+    assert 0 < raw.ttl(prefix + "mark") <= 30
+
+    assert cache.set("s1", b"1", 60, index="owner") and cache.set("s2", b"2", 120, index="owner")
+    assert cache.set("other", b"3", 60, index="someone-else")
+    assert 60 < raw.ttl(prefix + "owner") <= 120  # the list lives as long as its newest key
+    assert cache.delete_indexed("owner") == 2
+    assert cache.get_many(["s1", "s2", "other"]) == [None, None, b"3"]
+    assert not raw.exists(prefix + "owner")
+    assert cache.delete_indexed("owner") == 0
+    raw.delete(prefix + "mark", prefix + "other", prefix + "someone-else")
 
 
 class CountingClient:
@@ -68,7 +92,8 @@ def test_an_unreachable_redis_is_a_miss_and_is_left_alone_for_a_while() -> None:
     cache.client, cache.backoff_seconds = client, 60
     assert cache.get("k") is None
     assert cache.add_if_absent("k", b"1", 10) is None  # unknown, never "absent"
-    cache.set("k", b"1", 10)
+    assert cache.take("k") is None  # unknown, never "taken"
+    assert cache.set("k", b"1", 10) is False and cache.get_many(["k"]) == [None]
     assert client.calls == 1  # after the first failure, no call waits on a dead server
 
 
@@ -85,19 +110,14 @@ def app_config(app_config: dict[str, Any], request: pytest.FixtureRequest) -> di
 
 
 @pytest.mark.redis
-def test_a_replayed_launch_is_refused_by_redis_and_by_the_database(app: Any, client: Any, lti: Any) -> None:
+def test_a_replayed_launch_is_refused_by_redis(app: Any, client: Any, lti: Any) -> None:
+    """More launches with Redis (states, nonces, sessions kept there): tests/lti/test_launch_redis.py."""
     state, nonce = lti.login(client)
     token = lti.sign(lti.claims(nonce))
     assert client.post("/lti/launch", data={"id_token": token, "state": state}).status_code == 303
     cache = get_cache(app)
     assert isinstance(cache, RedisCache)
-    keys = list(cache.client.scan_iter(cache.prefix + "nonce:*"))
-    assert len(keys) == 1
-
-    replay = client.post("/lti/launch", data={"id_token": token, "state": state})
-    assert replay.status_code == 401 and "nonce_replayed" in replay.get_data(as_text=True)
-
-    cache.client.delete(*keys)  # Redis restarted or evicted the key: the database still knows
+    assert len(list(cache.client.scan_iter(cache.prefix + "nonce:*"))) == 1
     replay = client.post("/lti/launch", data={"id_token": token, "state": state})
     assert replay.status_code == 401 and "nonce_replayed" in replay.get_data(as_text=True)
 

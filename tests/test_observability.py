@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,6 +175,63 @@ def test_metrics_report_sync_runs_and_outbox_depth(synced: dict[str, Any]) -> No
         assert samples(client, "trailmark_source_paused", source="down") == 1
     finally:
         get_store(app).dispose()
+
+
+@pytest.mark.usefixtures("sandbox_off")
+def test_requests_are_counted_by_endpoint_in_a_single_process(client: Any) -> None:
+    before = samples(client, "trailmark_http_requests_total", endpoint="healthz", status="200")
+    for _ in range(3):
+        client.get("/healthz")
+    client.get("/no/such/page")
+    assert samples(client, "trailmark_http_requests_total", endpoint="healthz", status="200") == before + 3
+    assert samples(client, "trailmark_http_requests_total", endpoint="unmatched", status="404") >= 1
+    assert "trailmark_web_workers" not in client.get("/metrics").get_data(as_text=True)  # not a gunicorn worker
+
+
+def test_serve_counts_in_a_fresh_private_directory_and_cleans_up(tmp_path: Any) -> None:
+    from prometheus_client import values
+
+    from plugin.serve import metrics_directory
+
+    parent = tmp_path / "run"
+    before = (os.environ.get(observability.MULTIPROC_ENV), values.ValueClass)
+    os.environ[observability.MULTIPROC_ENV] = str(parent)
+    try:
+        with metrics_directory() as path:
+            assert os.path.dirname(path) == str(parent) and oct(os.stat(path).st_mode & 0o777) == "0o700"
+            assert os.environ[observability.MULTIPROC_ENV] == path == observability.multiprocess_dir()
+            assert getattr(values.ValueClass, "_multiprocess", False)
+            observability.count_refusal("state_unknown")
+            assert any(name.startswith("counter_") for name in os.listdir(path))
+        assert not os.path.exists(path) and os.environ[observability.MULTIPROC_ENV] == str(parent)
+    finally:
+        if before[0] is None:
+            os.environ.pop(observability.MULTIPROC_ENV, None)
+        else:
+            os.environ[observability.MULTIPROC_ENV] = before[0]
+    assert values.ValueClass is before[1]
+
+
+def test_a_multiprocess_directory_that_is_missing_never_breaks_a_request(app_config: dict[str, Any],
+                                                                         tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from plugin.app import create_app\n"
+        "app = create_app(json.loads(sys.argv[1]), env={})\n"
+        "client = app.test_client()\n"
+        "print(client.get('/healthz').status_code)\n"
+        "print(client.get('/metrics').get_data(as_text=True))\n")
+    cfg = {**app_config, "sandbox": {"enabled": False}}
+    env = {**os.environ, observability.MULTIPROC_ENV: str(tmp_path / "missing")}
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("200\n")
+    assert 'trailmark_http_requests_total{endpoint="healthz",status="200"} 1.0' in done.stdout
+    assert "metrics_dir_missing" in done.stderr and not (tmp_path / "missing").exists()
 
 
 def test_metrics_can_require_a_token(app_config: dict[str, Any], tmp_path: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from connectors import sync
+from connectors.base import Class, Enrollment, Person
 from connectors.fake import FakeConnector, sample_district
 from plugin import jobs, privacy
 from plugin.config import ConfigError
@@ -22,6 +24,7 @@ from plugin.store.db import get_store
 from tests.admin.conftest import district_id, sandbox_off  # noqa: F401 (fixture)
 from tests.connectors.sync_support import top_up_schema
 from tests.htmlforms import follow_sandbox_launch, parse
+from tests.lti_platform import LTI, TestPlatform
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -85,7 +88,9 @@ def test_a_malformed_key_is_named_without_showing_it() -> None:
 
 def test_launches_and_deep_links_still_sign_with_the_encrypted_key(client: Any, app: Any) -> None:
     resp = follow_sandbox_launch(client, "teacher", hint="deep-link")
-    picker = client.get(client.get(resp.headers["Location"]).headers["Location"])
+    picker = client.get(resp.headers["Location"])
+    while picker.status_code in (302, 303):  # straight to the picker, or through /p/home
+        picker = client.get(picker.headers["Location"])
     form = parse(picker.get_data(as_text=True)).forms[0]
     done = client.post(form["action"], data={**form["fields"], "item": ["dashboard"]})
     token = parse(done.get_data(as_text=True)).forms[0]["fields"]["JWT"]
@@ -232,15 +237,113 @@ def test_erase_removes_the_students_data_and_keeps_a_tombstone(app: Any) -> None
     assert again.already_erased
 
 
-def test_an_erased_student_who_launches_again_finds_nothing_of_theirs(client: Any, app: Any) -> None:
+def test_an_erased_student_who_launches_again_is_refused_and_nothing_is_recreated(client: Any, app: Any) -> None:
     maya = person_by_sis(app, "S-2001")
     with get_store(app).session() as session:
         privacy.erase_person(session, maya.district_id, maya.id, actor="cli", now=NOW)
     resp = follow_sandbox_launch(client, "maya")
-    assert resp.status_code == 303
+    assert resp.status_code == 403 and "erased" in resp.get_data(as_text=True)
+    assert "erased_on_request" in resp.get_data(as_text=True)
     with get_store(app).session() as session:
         person = session.get(m.Person, maya.id)
-        assert person.given_name == "" and person.email is None
+        assert person.given_name == "" and person.email is None and person.status == privacy.ERASED
+        for model in (m.Enrollment, m.AppSession):
+            assert session.scalar(select(func.count()).select_from(model).where(model.person_id == maya.id)) == 0
+        refused = session.scalars(select(m.AuditEvent).where(
+            m.AuditEvent.action == "privacy.erased_launch_refused")).all()
+        assert [e.subject for e in refused] == [f"person:{maya.id}"]
+
+
+class OtherLms(TestPlatform):
+    """A second LMS of the sandbox district, which knows Maya by its own ids."""
+
+    __test__ = False
+    issuer = "https://other-lms.example.edu"
+    client_id = "other-client"
+    auth_url = "https://other-lms.example.edu/auth"
+    token_url = "https://other-lms.example.edu/token"
+    jwks_url = "https://other-lms.example.edu/jwks"
+
+
+@pytest.fixture
+def other_lms(app: Any) -> Any:
+    import responses as responses_lib
+
+    with responses_lib.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        platform = OtherLms(app, mock)
+        platform.register("sandbox")
+        yield platform
+
+
+def test_a_launch_from_another_platform_cannot_recreate_an_erased_student(client: Any, app: Any,
+                                                                          other_lms: Any) -> None:
+    maya = person_by_sis(app, "S-2001")
+    email = maya.email
+    with get_store(app).session() as session:
+        privacy.erase_person(session, maya.district_id, maya.id, actor="cli", now=NOW)
+    people_before = count_people(app)
+    by_sis = other_lms.launch(client, "student", sub="other-maya-1", email=None,
+                              **{LTI + "lis": {"person_sourcedid": "S-2001"}})
+    by_email = other_lms.launch(client, "student", sub="other-maya-2", email=email.upper())
+    for resp in (by_sis, by_email):
+        assert resp.status_code == 403 and "erased_on_request" in resp.get_data(as_text=True)
+    assert count_people(app) == people_before
+    # Someone else who shares the address: another SIS id, or another kind of role.
+    sibling = other_lms.launch(client, "student", sub="sibling", email=email,
+                               **{LTI + "lis": {"person_sourcedid": "S-7777"}})
+    parent = other_lms.launch(client, "parent", sub="parent-1", email=email)
+    assert sibling.status_code == 303 and parent.status_code == 303
+    assert count_people(app) == people_before + 2
+
+
+def test_the_list_hashes_are_hmac_sha256_under_a_key_derived_from_the_secret(app: Any) -> None:
+    import hmac
+
+    erasures = privacy.erasure_list(app)
+    key = hmac.new(app.config["SECRET_KEY"].encode(), b"trailmark erasure list v1", "sha256").digest()
+    assert erasures.key == key
+    for kind, value, hashed in (("sis_id", " S-2001 ", "S-2001"), ("username", "MOkafor", "mokafor"),
+                                ("email", "Maya@School.Example", "maya@school.example")):
+        assert erasures.digest(kind, value) == hmac.new(key, f"{kind}\x1f{hashed}".encode(), "sha256").hexdigest()
+    assert erasures.digest("sis_id", "s-2001") != erasures.digest("sis_id", "S-2001")  # SIS ids are exact
+    assert erasures.digest("email", "  ") is None and erasures.ref_digest("lti:1", "") is None
+    assert privacy.ErasureList(b"k" * 100).mac(b"x") == hmac.new(b"k" * 100, b"x", "sha256").hexdigest()
+
+
+def test_a_returning_launch_without_a_class_is_refused_too(client: Any, app: Any, lti: Any) -> None:
+    from tests.lti_platform import DROP
+
+    first = lti.launch(client, "teacher", sub="t-no-context", **{LTI + "context": DROP})
+    assert first.status_code == 303
+    with get_store(app).session() as session:
+        ref = session.scalars(select(m.ExternalRef).where(m.ExternalRef.external_id == "t-no-context")).one()
+        privacy.erase_person(session, ref.district_id, ref.entity_id, actor="cli", now=NOW)
+    again = lti.launch(client, "teacher", sub="t-no-context", **{LTI + "context": DROP})
+    assert again.status_code == 403 and "erased_on_request" in again.get_data(as_text=True)
+
+
+def count_people(app: Any) -> int:
+    with get_store(app).session() as session:
+        return int(session.scalar(select(func.count()).select_from(m.Person)) or 0)
+
+
+def test_the_erasure_list_keeps_keyed_hashes_never_the_identifiers(app: Any) -> None:
+    maya = person_by_sis(app, "S-2001")
+    with get_store(app).session() as session:
+        refs = list(session.scalars(select(m.ExternalRef.external_id).where(
+            m.ExternalRef.kind == "person", m.ExternalRef.entity_id == maya.id)))
+        report = privacy.erase_person(session, maya.district_id, maya.id, actor="cli", now=NOW)
+    with get_store(app).session() as session:
+        erasure = session.get(m.Erasure, report.erasure_id)
+        idents = session.scalars(select(m.ErasedIdentifier).where(m.ErasedIdentifier.erasure_id == erasure.id)).all()
+        stored = json.dumps([[i.kind, i.digest] for i in idents] + [erasure.sis_digest, erasure.role_group,
+                                                                     erasure.ref_ids, erasure.erased_by])
+    assert {i.kind for i in idents} == {"sis_id", "email", "username", "ref"} and refs
+    for value in ("S-2001", maya.email, maya.username, "Maya", "Okafor", *refs):
+        assert value.lower() not in stored.lower()
+        for variant in (value, value.lower()):  # not a plain (unkeyed) hash either
+            assert hashlib.sha256(variant.encode()).hexdigest() not in stored
+    assert erasure.role_group == "learner" and erasure.person_id == maya.id and erasure.lifted_at is None
 
 
 @pytest.fixture
@@ -298,6 +401,167 @@ def test_erasure_marks_every_reference_the_engine_would_use(synced_app: Any) -> 
     assert report.refs_marked == len(refs) == 4
 
 
+def test_another_source_cannot_bring_an_erased_student_back(synced_app: Any) -> None:
+    app = synced_app
+    assert _sync(app, NOW).ok
+    student = person_by_sis(app, "student-1-2")
+    with get_store(app).session() as session:
+        privacy.erase_person(session, student.district_id, student.id, actor="cli", now=NOW)
+    canvas = FakeConnector("canvas", [
+        Person("c-100", "student", "Again", "Sample", sis_id="student-1-2"),  # by SIS id
+        Person("c-101", "student", "Again", "Sample", email="Student-1-2@Example.org"),  # by e-mail
+        Person("c-102", "student", "Sibling", "Sample", email="student-1-2@example.org", sis_id="student-9-9"),
+        Person("c-103", "parent", "Parent", "Sample", email="student-1-2@example.org"),
+        Person("c-104", "student", "New", "Student", sis_id="student-new"),
+        Class("c-class", "Canvas class"),
+        Enrollment("c-enr-100", "c-class", "c-100", "student"),
+    ])
+    result = sync.run_sync(get_store(app), student.district_id, "canvas", canvas, now=NOW + timedelta(hours=1))
+    assert result.ok, result.message
+    erased = [(e["record_id"], e["reason"]) for e in result.errors if e["type"] == "erased"]
+    assert erased == [("c-100", privacy.ERASED_REASON), ("c-101", privacy.ERASED_REASON)]
+    assert result.counts["person"]["added"] == 3
+    with get_store(app).session() as session:
+        names = set(session.scalars(select(m.Person.given_name)))
+        assert "Again" not in names and {"Sibling", "Parent", "New"} <= names
+        assert session.scalar(select(func.count()).select_from(m.Enrollment)
+                              .where(m.Enrollment.sourced_id.like("canvas:%"))) == 0
+        assert session.get(m.Person, student.id).given_name == ""
+
+
+def test_the_engine_reads_the_erasure_list_once_per_run_and_hashes_only_when_it_must(synced_app: Any,
+                                                                                   monkeypatch: Any) -> None:
+    app = synced_app
+    store = get_store(app)
+    reads: list[Any] = []
+    hashed: list[bytes] = []
+    entries, mac = privacy.ErasureList._entries, privacy.ErasureList.mac
+
+    def counting_entries(conn: Any, district: int, digests: Any) -> Any:
+        reads.append(digests)
+        return entries(conn, district, digests)
+
+    def counting_mac(self: Any, message: bytes) -> str:
+        hashed.append(message)
+        return mac(self, message)
+
+    monkeypatch.setattr(privacy.ErasureList, "_entries", staticmethod(counting_entries))
+    monkeypatch.setattr(privacy.ErasureList, "mac", counting_mac)
+    assert _sync(app, NOW).ok  # nobody erased yet: one read of an empty list, no hashing
+    assert reads == [None] and hashed == []
+    student = person_by_sis(app, "student-1-2")
+    with store.session() as session:
+        privacy.erase_person(session, student.district_id, student.id, actor="cli", now=NOW)
+    reads.clear()
+    hashed.clear()
+    people = [Person(f"x-{i}", "student", "X", str(i), sis_id=f"x-{i}", email=f"x{i}@example.org") for i in range(25)]
+    result = sync.run_sync(store, student.district_id, "bulk", FakeConnector("bulk", people),
+                           now=NOW + timedelta(hours=1), batch_size=10)
+    assert result.ok and result.counts["person"]["added"] == 25
+    assert reads == [None]  # the whole list once, not a query per batch or per person
+    assert len(hashed) == 25 * 2  # each new person's SIS id and e-mail (no usernames given)
+
+
+def test_erasure_cancels_the_students_queued_writes_in_the_same_transaction(synced_app: Any,
+                                                                             monkeypatch: Any) -> None:
+    from connectors import outbox
+    from connectors.base import MessageWrite, ScoreWrite
+
+    app = synced_app
+    assert _sync(app, NOW).ok
+    store = get_store(app)
+    student = person_by_sis(app, "student-1-2")
+    d = student.district_id
+
+    def score(person: str) -> ScoreWrite:
+        return ScoreWrite("class-1", "activity-1", person, 8.0, 10.0, NOW)
+
+    with store.session() as session:
+        source = sync.get_source(session, d, "sis")
+        klass = session.scalars(select(m.Class).where(m.Class.sis_id == "class-1")).one()
+        alert = m.AlertRecord(district_id=d, class_id=klass.id, person_id=student.id, kind="behind_pace", level=1,
+                              detail="", opened_at=NOW, updated_at=NOW)
+        session.add(alert)
+        session.flush()
+        writes = {
+            "score": score("student-1-2"), "dead-score": score("student-1-2"),
+            "to-student": MessageWrite(("student-1-2",), "Pace", "You are behind", "class-1"),
+            f"alert:{alert.id}:1:teacher": MessageWrite(("teacher-1",), "Pace", "Student12 is behind", "class-1"),
+            "other-student": score("student-1-1"),
+            "to-teacher": MessageWrite(("teacher-1",), "Digest", "Your week", "class-1"),
+        }
+        for key, write in writes.items():
+            assert outbox.enqueue(session, d, source, write, key, now=NOW)
+        session.execute(update(m.OutboxItem).where(m.OutboxItem.idempotency_key == "dead-score")
+                        .values(status=outbox.DEAD, last_error="RemoteRejected: 422"))
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("recompute crashed")
+
+    monkeypatch.setattr("plugin.progress.recompute", crash)  # the erasure fails at its very end …
+    with pytest.raises(RuntimeError), store.session() as session:
+        privacy.erase_person(session, d, student.id, actor="cli", now=NOW)
+    with store.session() as session:  # … and nothing of it happened: no write was cancelled
+        assert set(session.scalars(select(m.OutboxItem.status))) == {outbox.PENDING, outbox.DEAD}
+        assert session.get(m.Person, student.id).status == "active"
+        assert session.scalar(select(func.count()).select_from(m.Erasure)) == 0
+    monkeypatch.undo()
+
+    with store.session() as session:
+        report = privacy.erase_person(session, d, student.id, actor="cli", now=NOW)
+    assert report.outbox_cancelled == 4
+    with store.session() as session:
+        rows = {r.id: r for r in session.scalars(select(m.OutboxItem))}
+        kept = {r.idempotency_key: r.status for r in rows.values() if r.status != outbox.CANCELLED}
+        assert kept == {"other-student": outbox.PENDING, "to-teacher": outbox.PENDING}
+        for r in rows.values():
+            if r.status == outbox.CANCELLED:
+                assert (r.last_error, r.payload, r.idempotency_key) == (
+                    privacy.OUTBOX_CANCEL_REASON, {}, f"cancelled:{r.id}")
+        event = session.scalars(select(m.AuditEvent).where(m.AuditEvent.action == "privacy.erase")).one()
+        assert event.detail["outbox_cancelled"] == 4
+    client = app.test_client()
+    text_ = client.get("/metrics").get_data(as_text=True)
+    assert 'trailmark_outbox_items{status="cancelled"} 4.0' in text_
+
+
+def test_lifting_an_erasure_lets_the_student_come_back(synced_app: Any) -> None:
+    app = synced_app
+    runner = app.test_cli_runner()
+    assert _sync(app, NOW).ok
+    student = person_by_sis(app, "student-1-2")
+    erased = runner.invoke(args=["privacy", "erase", "student-1-2", "--district", "north", "--yes"])
+    assert erased.exit_code == 0, erased.output
+    assert "erasure list" in erased.output and f"unerase {student.id}" in erased.output
+    again = _sync(app, NOW + timedelta(hours=1))
+    assert any(e["record_id"] == "student-1-2" and e["type"] == "erased" for e in again.errors)
+    listed = runner.invoke(args=["privacy", "erasures", "--district", "north"])
+    assert listed.exit_code == 0 and f"{student.id:>8}" in listed.output and "1 erasure(s)" in listed.output
+    assert "student-1-2" not in listed.output
+
+    refused = runner.invoke(args=["privacy", "unerase", "student-1-2", "--district", "north"], input="n\n")
+    assert refused.exit_code != 0
+    lifted = runner.invoke(args=["privacy", "unerase", "student-1-2", "--district", "north", "--yes",
+                                 "--reason", "family request #42"])  # found by the SIS id's hash
+    assert lifted.exit_code == 0, lifted.output
+    assert "Lifted the erasure" in lifted.output
+    back = _sync(app, NOW + timedelta(hours=2))
+    assert back.ok and not [e for e in back.errors if e["type"] == "erased"]
+    returned = person_by_sis(app, "student-1-2")
+    assert returned.id != student.id and returned.status == "active" and returned.given_name == "Student12"
+    with get_store(app).session() as session:
+        assert session.scalar(select(func.count()).select_from(m.Enrollment)
+                              .where(m.Enrollment.person_id == returned.id)) == 1
+        assert session.get(m.Person, student.id).status == privacy.ERASED  # the tombstone stays anonymised
+        assert session.scalar(select(func.count()).select_from(m.ErasedIdentifier)) == 0
+        event = session.scalars(select(m.AuditEvent).where(m.AuditEvent.action == "privacy.erasure_lifted")).one()
+        assert event.actor == "cli" and event.detail["reason"] == "family request #42"
+    twice = runner.invoke(args=["privacy", "unerase", str(student.id), "--district", "north", "--yes"])
+    assert twice.exit_code != 0 and "no erasure" in twice.output
+    everything = runner.invoke(args=["privacy", "erasures", "--district", "north", "--all"])
+    assert "by cli" in everything.output
+
+
 # =========================================================================== retention
 
 
@@ -317,6 +581,8 @@ def test_purge_deletes_only_old_rows(app: Any) -> None:
             session.add(m.AuditEvent(district_id=d, at=at, actor="cli", action=f"test.{tag}", detail={}))
             session.add(m.OutboxItem(district_id=d, kind="score", idempotency_key=f"sent-{tag}", payload={},
                                      status="sent", next_attempt_at=at, created_at=at, sent_at=at))
+            session.add(m.OutboxItem(district_id=d, kind="score", idempotency_key=f"cancelled-{tag}", payload={},
+                                     status="cancelled", next_attempt_at=at, created_at=at))
             session.add(m.ProfileSnapshotRecord(district_id=d, class_id=klass.id, person_id=person.id,
                                                 taken_on=at.date(), data={}))
             expires = NOW - timedelta(minutes=1) if tag == "old" else NOW + timedelta(hours=1)
@@ -336,12 +602,13 @@ def test_purge_deletes_only_old_rows(app: Any) -> None:
         assert session.scalar(select(func.count()).select_from(m.AuditEvent).where(
             m.AuditEvent.action == "test.old")) == 1  # a dry run deletes nothing
     counts = privacy.purge(get_store(app), cfg, now=NOW)
-    assert counts["sync_run"] == 2 and counts["outbox_item"] == 1 and counts["profile_snapshot"] == 1
+    assert counts["sync_run"] == 2 and counts["outbox_item"] == 2 and counts["profile_snapshot"] == 1
     assert counts["used_nonce"] == 1 and counts["app_session"] == 1
     with get_store(app).session() as session:
         actions = set(session.scalars(select(m.AuditEvent.action)))
         assert "test.new" in actions and "test.old" not in actions
-        assert set(session.scalars(select(m.OutboxItem.idempotency_key))) == {"sent-new", "pending-old"}
+        assert set(session.scalars(select(m.OutboxItem.idempotency_key))) == {"sent-new", "cancelled-new",
+                                                                              "pending-old"}
         assert [r.started_at.date() for r in session.scalars(select(m.SyncRun))] == [recent.date()]
         assert list(session.scalars(select(m.ProfileSnapshotRecord.taken_on)
                                     .where(m.ProfileSnapshotRecord.person_id == person.id))) == [recent.date()]

@@ -173,6 +173,7 @@ class OutboxCountsOut(Schema):
     pending = fields.Integer(required=True)
     sent = fields.Integer(required=True)
     dead = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
 
 
 class OutboxOut(Schema):
@@ -181,6 +182,7 @@ class OutboxOut(Schema):
     oldest_pending_age_seconds = fields.Integer(allow_none=True)
     dead = fields.List(fields.Nested(OutboxItemOut), required=True)
     pending = fields.List(fields.Nested(OutboxItemOut), required=True)
+    cancelled = fields.List(fields.Nested(OutboxItemOut), required=True)
 
 
 class RetriedOut(Schema):

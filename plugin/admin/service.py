@@ -231,7 +231,7 @@ def _target(item: m.OutboxItem, names: Mapping[int, str], platforms: Mapping[int
 def outbox_overview(session: Session, district_id: int, *, now: datetime, limit: int = PAGE) -> dict[str, Any]:
     """Outbox depth by status, the oldest pending write, dead letters and the next pending writes."""
     item = m.OutboxItem
-    counts = dict.fromkeys(("pending", "sent", "dead"), 0)
+    counts = dict.fromkeys(("pending", "sent", "dead", "cancelled"), 0)
     counts.update({s: n for s, n in session.execute(select(item.status, func.count())
                                                    .where(item.district_id == district_id)
                                                    .group_by(item.status)).all()})
@@ -250,7 +250,8 @@ def outbox_overview(session: Session, district_id: int, *, now: datetime, limit:
 
     return {"counts": counts, "oldest_pending_at": _iso(oldest),
             "oldest_pending_age_seconds": int((now - oldest).total_seconds()) if oldest else None,
-            "dead": rows("dead", (item.id.desc(),)), "pending": rows("pending", (item.next_attempt_at, item.id))}
+            "dead": rows("dead", (item.id.desc(),)), "pending": rows("pending", (item.next_attempt_at, item.id)),
+            "cancelled": rows("cancelled", (item.id.desc(),))}
 
 
 def retry_outbox_item(session: Session, who: Principal, item_id: int, *, now: datetime) -> None:
@@ -400,11 +401,14 @@ def export_student(session: Session, who: Principal, person_id: int, *, now: dat
 def erase_student(session: Session, who: Principal, person_id: int, *, now: datetime) -> dict[str, Any]:
     """Erase one person's data on request (audited by the erasure itself)."""
     from plugin import privacy
+    from plugin.cache import get_cache
+    from plugin.lti.sessions import end_sessions_of
 
     try:
         report = privacy.erase_person(session, who.district_id, person_id, actor=who.actor, now=now)
     except LookupError:
         raise NotFoundInDistrict(f"no person {person_id} in this district") from None
+    end_sessions_of(get_cache(), who.district_id, person_id)  # signed-in pages and remembered launch ids end now
     return {"person_id": report.person_id, "already_erased": report.already_erased,
             "deleted": dict(report.deleted), "references_marked": report.refs_marked}
 

@@ -3,6 +3,16 @@
 pylti1p3 contributes its message-type validators; the security checks it leaves out or keeps in the cookie session
 (durable single-use nonces, state bound to the browser or to platform storage, RS256 only, aud/azp, clock leeway,
 cached key sets with one re-fetch on an unknown kid, timeouts) are made here.
+
+Where login states live. With Redis configured (``cache``), a login's state and nonce are one Redis key that
+expires with the login, and a launch uses it up with one server-side script that deletes the key, marks the
+nonce as used and writes the launch's session only if its own DEL took the key: whichever worker deletes the key
+wins, a replay finds the key gone (and the nonce marked). Without Redis,
+or when Redis does not answer at login, the state is a ``login_state`` row and its nonce is used up by a unique
+``used_nonce`` insert, in the launch's transaction. A state is kept in exactly one of the two places, and the
+launch looks in Redis first, then in the database. A Redis that later loses its keys (restart, eviction) makes
+launches in flight fail with ``state_unknown``, never succeed twice; a state restored from an old snapshot is
+still tied to the browser's state cookie and dies with its TTL.
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from pylti1p3.exception import LtiException
 from pylti1p3.message_validators import get_validators
 from sqlalchemy import bindparam, delete, select
@@ -30,7 +42,14 @@ from sqlalchemy.orm import Session
 
 from plugin.cache import Cache
 from plugin.lti.errors import LtiError
-from plugin.lti.platforms import KeySetCache, _aware, find_registration, has_deployment
+from plugin.lti.platforms import (
+    KeySetCache,
+    Registration,
+    _aware,
+    find_registration,
+    has_deployment,
+    registration_key,
+)
 from plugin.lti.roles import view_for_roles
 from plugin.store.models import LoginState, Platform, UsedNonce
 
@@ -43,13 +62,15 @@ RESOURCE_LINK = "LtiResourceLinkRequest"
 DEEP_LINKING = "LtiDeepLinkingRequest"
 SUPPORTED_MESSAGES = (RESOURCE_LINK, DEEP_LINKING)
 MAX_PARAM = 4096
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "nonce")
 MAX_TOKEN = 64 * 1024
 CLEANUP_ONE_IN = 64  # one request in this many also deletes expired login states or used nonces
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_PKCS1, _SHA256 = padding.PKCS1v15(), hashes.SHA256()  # RS256: RSASSA-PKCS1-v1_5 with SHA-256
 
 # Statements of the launch's hot path, built once (parameters bound at execution).
-_LOGIN_STATE = select(LoginState).where(LoginState.state == bindparam("state"))
 _LOGIN_TABLE, _NONCE_TABLE = LoginState.__table__, UsedNonce.__table__
+_LOGIN_STATE = select(*_LOGIN_TABLE.columns).where(_LOGIN_TABLE.c.state == bindparam("state"))
 _DELETE_LOGIN_STATE = delete(_LOGIN_TABLE).where(_LOGIN_TABLE.c.state == bindparam("state"))
 _USE_NONCE = {  # the single-use insert: no row inserted means the nonce was used before
     name: insert(_NONCE_TABLE).on_conflict_do_nothing(index_elements=["nonce"])
@@ -102,10 +123,47 @@ def _same_origin(url: str, base: str) -> bool:
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
+def _login_key(state: str) -> str:
+    return f"login:{hashlib.sha256(state.encode()).hexdigest()[:40]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """One OIDC login in flight (a ``login_state`` row, or a Redis key): state and nonce, bound to a platform."""
+
+    state: str
+    nonce: str
+    platform_id: int
+    target_link_uri: str
+    storage: str  # cookie | platform
+    created_at: datetime
+    expires_at: datetime
+
+
+def _encode_login(login: Login) -> bytes:
+    return json.dumps([login.nonce, login.platform_id, login.target_link_uri, login.storage,
+                       login.created_at.timestamp(), login.expires_at.timestamp()], separators=(",", ":")).encode()
+
+
+def _decode_login(state: str, raw: bytes | None) -> Login | None:
+    if raw is None:
+        return None
+    try:
+        nonce, platform_id, target, storage, created, expires = json.loads(raw)
+        return Login(state, nonce, platform_id, target, storage, datetime.fromtimestamp(created, UTC),
+                     datetime.fromtimestamp(expires, UTC))
+    except (ValueError, TypeError):
+        return None
+
+
 def begin_login(session: Session, req: LoginRequest, *, base_url: str, launch_url: str, now: datetime,
-                state_minutes: int = 10) -> tuple[LoginState, Platform, str]:
-    """Check the login against our registrations, issue state and nonce, and build the platform auth URL."""
-    platform, known_deployment = find_registration(session, req.iss, req.client_id, req.lti_deployment_id)
+                state_minutes: int = 10, cache: Cache | None = None) -> tuple[Login, Registration, str]:
+    """Check the login against our registrations, issue state and nonce, and build the platform auth URL.
+
+    The state goes to ``cache`` (Redis) when given and answering, otherwise to the database.
+    """
+    platform, known_deployment = find_registration(session, req.iss, req.client_id, req.lti_deployment_id,
+                                                   cache=cache)
     if platform is None:
         detail = f"issuer {req.iss!r}" + (f" and client_id {req.client_id!r}" if req.client_id else "")
         hint = "" if req.client_id else " This issuer has several registrations, so the LMS must send client_id."
@@ -117,14 +175,15 @@ def begin_login(session: Session, req: LoginRequest, *, base_url: str, launch_ur
     if not _same_origin(req.target_link_uri, base_url):
         raise LtiError("bad_target_link_uri", "The target_link_uri does not point at this Trailmark "
                        f"({base_url}). Check the tool's launch URL in the LMS.")
-    if secrets.randbelow(CLEANUP_ONE_IN) == 0:  # expired states are refused anyway; sweep them now and then
-        session.execute(delete(LoginState).where(LoginState.expires_at < now))
-    state = LoginState(
+    state = Login(
         state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32), platform_id=platform.id,
         target_link_uri=req.target_link_uri, storage="platform" if req.lti_storage_target else "cookie",
         created_at=now, expires_at=now + timedelta(minutes=state_minutes),
     )
-    session.execute(_LOGIN_TABLE.insert(), {c.key: getattr(state, c.key) for c in _LOGIN_TABLE.columns})
+    if cache is None or not cache.set(_login_key(state.state), _encode_login(state), state_minutes * 60):
+        if secrets.randbelow(CLEANUP_ONE_IN) == 0:  # expired states are refused anyway; sweep them now and then
+            session.execute(delete(LoginState).where(LoginState.expires_at < now))
+        session.execute(_LOGIN_TABLE.insert(), {c.key: getattr(state, c.key) for c in _LOGIN_TABLE.columns})
     params = {
         "scope": "openid", "response_type": "id_token", "response_mode": "form_post", "prompt": "none",
         "client_id": platform.client_id, "redirect_uri": launch_url, "login_hint": req.login_hint,
@@ -186,7 +245,7 @@ class LaunchContext:
 class NeedsPlatformStorage(Exception):
     """The login stored its state in LTI platform storage; the browser must read it back before we continue."""
 
-    def __init__(self, state: str, platform: Platform):
+    def __init__(self, state: str, platform: Registration):
         super().__init__(state)
         self.state = state
         self.platform = platform
@@ -209,13 +268,66 @@ def _dict_claim(claims: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class PendingUse:
+    """A login kept in Redis that passed every check but is not used up yet (``use_login`` or ``create_session``)."""
+
+    state_key: str
+    nonce_key: str
+    nonce_seconds: int
+
+    def refused(self, taken: bool | None) -> LtiError | None:
+        """The error for the outcome of taking the state: None when this launch took it."""
+        if taken is None:
+            return LtiError("state_unavailable", "Trailmark could not finish this launch because its launch store "
+                            "(Redis) stopped answering. Launch again from the LMS.", status=503)
+        return None if taken else _replayed()
+
+
 def validate_launch(session: Session, form: Mapping[str, Any], *, cookies: Mapping[str, str],
                     key_cache: KeySetCache, settings: LaunchSettings, now: datetime,
-                    used_nonces: Cache | None = None) -> LaunchContext:
-    """Validate a launch POST step by step; raise LtiError naming the first check that failed.
+                    cache: Cache | None = None) -> LaunchContext:
+    """Validate a launch POST step by step and use up its login; raise LtiError naming the first failed check."""
+    checked = check_launch(session, form, cookies=cookies, key_cache=key_cache, settings=settings, now=now,
+                           cache=cache)
+    if checked.pending is not None and cache is not None:
+        use_login(cache, checked.pending)
+    return checked.context
 
-    ``used_nonces`` (Redis) refuses a replayed nonce without a database query; the database's single-use
-    insert stays the authority, so without it, or when it is down, replays are refused all the same.
+
+def use_login(cache: Cache, pending: PendingUse) -> None:
+    """Use up a login kept in Redis: one worker's DEL wins, a concurrent replay is refused."""
+    error = pending.refused(cache.take(pending.state_key, mark=(pending.nonce_key, pending.nonce_seconds)))
+    if error is not None:
+        raise error
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedLaunch:
+    """A launch that passed every check: what it says, its login still to use up, and what Redis knew of its user."""
+
+    context: LaunchContext
+    pending: PendingUse | None
+    launcher: tuple[str, bytes | None] | None = None  # (launcher_key, what Redis held under it), for provision()
+
+
+def launcher_key(issuer: str, client_id: str, sub: str, context_id: str | None, view: str) -> str:
+    """The shared-cache key of a returning launcher's person and class ids (see ``provision``)."""
+    ident = json.dumps([issuer, client_id, sub, context_id, view]).encode()
+    return f"launcher:{hashlib.sha256(ident).hexdigest()[:40]}"
+
+
+def check_launch(session: Session, form: Mapping[str, Any], *, cookies: Mapping[str, str],
+                 key_cache: KeySetCache, settings: LaunchSettings, now: datetime,
+                 cache: Cache | None = None) -> CheckedLaunch:
+    """Make every check of a launch POST; raise LtiError naming the first check that failed.
+
+    ``cache`` (Redis) holds the login states issued while it answered and marks used nonces. A login kept in the
+    database is used up here, in the request's transaction; one kept in Redis comes back as a ``PendingUse`` that
+    the caller must use up before it answers (``use_login``, or ``create_session`` in the same round trip).
+    Everything Redis may know about the launch (registration, login state, nonce mark, the launcher's ids) is
+    read in one round trip, with keys taken from the unverified token; each value is used only by the check that
+    would otherwise read the database, after the signature is verified.
     """
     id_token = form.get("id_token")
     state = form.get("state")
@@ -231,24 +343,45 @@ def validate_launch(session: Session, form: Mapping[str, Any], *, cookies: Mappi
         raise LtiError("missing_state", "The launch has no state. Start Trailmark again from the LMS.")
 
     header, unverified = _read_unverified(id_token)
-    platform, known_deployment = _registration(session, unverified)
-    claims = _verify(session, id_token, header, platform, key_cache, settings, now)
-    login = _check_nonce_and_state(session, claims, state, platform, now, settings, used_nonces)
+    iss, client_id, token_deployment = _audience(unverified)
+    prefetched: dict[str, bytes | None] = {}
+    keys: dict[str, str] = {}
+    if cache is not None:
+        keys = {"registration": registration_key(iss, client_id, token_deployment), "login": _login_key(state)}
+        nonce, sub, roles = unverified.get("nonce"), unverified.get("sub"), unverified.get(LTI + "roles")
+        if isinstance(nonce, str) and nonce:
+            keys["nonce"] = _nonce_key(nonce)
+        if isinstance(sub, str) and isinstance(roles, list) and all(isinstance(r, str) for r in roles):
+            context_id = _str_claim(_dict_claim(unverified, LTI + "context"), "id")
+            keys["launcher"] = launcher_key(iss, client_id, sub, context_id, view_for_roles(roles))
+        prefetched = dict(zip(keys, cache.get_many(list(keys.values())), strict=True))
+    platform, known_deployment = _registration(session, iss, client_id, token_deployment, cache, prefetched)
+    claims = _verify(session, id_token, header, unverified, platform, key_cache, settings, now)
+    login, in_cache = _check_nonce_and_state(session, claims, state, platform, now, settings, cache, prefetched)
     _check_browser_binding(login, state, form, cookies, platform)
     deployment_id = _check_deployment(session, claims, platform, known_deployment)
     context = _check_message(claims, platform, deployment_id, settings)
-    _consume(session, login, claims, platform, now, settings, used_nonces)
-    return context
+    pending = _consume(session, login, claims, platform, now, settings, cache, in_cache=in_cache)
+    launcher = (keys["launcher"], prefetched["launcher"]) if "launcher" in prefetched else None
+    return CheckedLaunch(context, pending, launcher)
+
+
+def _b64(segment: str) -> bytes:
+    """Decode one base64url segment (alphabet already checked); refuse non-canonical encodings."""
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise ValueError("non-canonical base64url")
+    return raw
 
 
 def _b64json(segment: str) -> Any:
-    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return json.loads(_b64(segment))
 
 
 def _read_unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read header and claims before the signature is checked, only to find the registration and key."""
     parts = id_token.split(".")
-    if len(parts) != 3 or not all(_B64URL.fullmatch(part) for part in parts) or len(parts[1]) % 4 == 1:
+    if len(parts) != 3 or not all(_B64URL.fullmatch(part) and len(part) % 4 != 1 for part in parts):
         raise LtiError("malformed_id_token", "The id_token is not a well-formed JWT.")
     try:
         header, unverified = _b64json(parts[0]), _b64json(parts[1])
@@ -267,8 +400,8 @@ def _read_unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, unverified
 
 
-def _registration(session: Session, unverified: Mapping[str, Any]) -> tuple[Platform, tuple[str, bool] | None]:
-    """The registration the token names, and whether it has the (unverified) deployment the token names."""
+def _audience(unverified: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """The issuer, the client id (``aud``, or ``azp`` among several) and the deployment the token names."""
     iss = unverified.get("iss")
     aud = unverified.get("aud")
     if not isinstance(iss, str) or not iss:
@@ -287,43 +420,69 @@ def _registration(session: Session, unverified: Mapping[str, Any]) -> tuple[Plat
         candidates = auds
     deployment_id = unverified.get(LTI + "deployment_id")
     deployment_id = deployment_id if isinstance(deployment_id, str) and len(deployment_id) <= MAX_PARAM else None
-    for client_id in candidates:
-        platform, known = find_registration(session, iss, client_id, deployment_id)
-        if platform is not None:
-            return platform, (deployment_id, known) if deployment_id is not None else None
-    raise LtiError("unknown_platform", f"Trailmark has no registration for issuer {iss!r} with client_id "
-                   f"{candidates[0]!r}. District IT must register this LMS first.", status=401)
+    return iss, candidates[0], deployment_id
 
 
-def _verify(session: Session, id_token: str, header: Mapping[str, Any], platform: Platform,
-            key_cache: KeySetCache, settings: LaunchSettings, now: datetime) -> dict[str, Any]:
+def _registration(session: Session, iss: str, client_id: str, deployment_id: str | None, cache: Cache | None,
+                  prefetched: Mapping[str, bytes | None]) -> tuple[Registration, tuple[str, bool] | None]:
+    """The registration the token names, and whether it has the (unverified) deployment the token names."""
+    platform, known = find_registration(session, iss, client_id, deployment_id, cache=cache,
+                                        cached=prefetched.get("registration"))
+    if platform is None:
+        raise LtiError("unknown_platform", f"Trailmark has no registration for issuer {iss!r} with client_id "
+                       f"{client_id!r}. District IT must register this LMS first.", status=401)
+    return platform, (deployment_id, known) if deployment_id is not None else None
+
+
+def _verify(session: Session, id_token: str, header: Mapping[str, Any], claims: dict[str, Any],
+            platform: Registration, key_cache: KeySetCache, settings: LaunchSettings, now: datetime) -> dict[str, Any]:
+    """Check the RS256 signature over the token exactly as sent, then its registered claims.
+
+    The signature is checked with ``cryptography`` directly on the segments ``_read_unverified`` already
+    validated and decoded (base64url alphabet, canonical encoding, JSON objects, ``alg`` RS256, a ``kid``), so
+    the claims it parsed are the signed ones; the claim checks are PyJWT's (required claims, ``iat``/``nbf``
+    not in the future, ``exp`` not past, each with the leeway; ``iss`` equal; our client_id in ``aud``).
+    """
     public_key = key_cache.get_public_key(session, platform, header["kid"], now)  # RS256 RSA keys only
+    if "crit" in header or "b64" in header:
+        raise LtiError("invalid_id_token", "The id_token uses a JWS extension ('crit', 'b64') that LTI does not "
+                       "allow.", status=401)
+    signing_input, _, signature = id_token.rpartition(".")
     try:
-        claims: dict[str, Any] = jwt.decode(
-            id_token, key=public_key, algorithms=["RS256"], audience=platform.client_id, issuer=platform.issuer,
-            leeway=settings.leeway, options={"require": ["exp", "iat", "iss", "aud", "nonce"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise LtiError("expired", "The id_token has expired. Launch again from the LMS; if it keeps happening, "
-                       "check the server clock.", status=401) from None
-    except jwt.ImmatureSignatureError:
-        raise LtiError("issued_in_future", "The id_token was issued in the future; the LMS's clock or ours is "
-                       "off by more than the allowed leeway.", status=401) from None
-    except jwt.InvalidSignatureError:
+        public_key.verify(_b64(signature), signing_input.encode("ascii"), _PKCS1, _SHA256)
+    except (InvalidSignature, ValueError, TypeError, AttributeError):
         raise LtiError("bad_signature", "The id_token signature does not verify with the platform's key.",
                        status=401) from None
-    except jwt.InvalidAudienceError:
-        raise LtiError("wrong_aud", "The id_token is not addressed to this tool's client_id.", status=401) from None
-    except jwt.InvalidIssuerError:
-        raise LtiError("wrong_iss", "The id_token issuer does not match the registration.", status=401) from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise LtiError("missing_claim", f"The id_token has no '{exc.claim}' claim.", status=401) from None
-    except jwt.PyJWTError as exc:
-        raise LtiError("invalid_id_token", f"The id_token is not valid: {exc}.", status=401) from None
-    iat = claims.get("iat")
-    if not isinstance(iat, int | float) or now.timestamp() - iat > settings.max_token_age + settings.leeway:
+    _check_registered_claims(claims, platform, settings.leeway, now.timestamp())
+    iat = claims["iat"]
+    if now.timestamp() - iat > settings.max_token_age + settings.leeway:
         raise LtiError("expired", "The id_token was issued too long ago. Launch again from the LMS.", status=401)
     return claims
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> float:
+    value = claims[name]
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:  # NaN is not a time
+        raise LtiError("invalid_id_token", f"The id_token's '{name}' claim must be a number of seconds.", status=401)
+    return value
+
+
+def _check_registered_claims(claims: Mapping[str, Any], platform: Registration, leeway: float, now: float) -> None:
+    for name in REQUIRED_CLAIMS:
+        if claims.get(name) is None:
+            raise LtiError("missing_claim", f"The id_token has no '{name}' claim.", status=401)
+    if _time_claim(claims, "iat") > now + leeway or ("nbf" in claims and _time_claim(claims, "nbf") > now + leeway):
+        raise LtiError("issued_in_future", "The id_token was issued in the future; the LMS's clock or ours is off "
+                       "by more than the allowed leeway.", status=401)
+    if _time_claim(claims, "exp") <= now - leeway:
+        raise LtiError("expired", "The id_token has expired. Launch again from the LMS; if it keeps happening, "
+                       "check the server clock.", status=401)
+    if claims["iss"] != platform.issuer:
+        raise LtiError("wrong_iss", "The id_token issuer does not match the registration.", status=401)
+    aud = claims["aud"]
+    auds = [aud] if isinstance(aud, str) else aud
+    if not isinstance(auds, list) or not all(isinstance(a, str) for a in auds) or platform.client_id not in auds:
+        raise LtiError("wrong_aud", "The id_token is not addressed to this tool's client_id.", status=401)
 
 
 def _nonce_kept_until(claims: Mapping[str, Any], now: datetime, settings: LaunchSettings) -> datetime:
@@ -333,8 +492,8 @@ def _nonce_kept_until(claims: Mapping[str, Any], now: datetime, settings: Launch
     return max(keep_until, now) + timedelta(seconds=settings.leeway + settings.max_token_age)
 
 
-def _nonce_key(platform: Platform, nonce: str) -> str:
-    return f"nonce:{platform.id}:{hashlib.sha256(nonce.encode()).hexdigest()[:32]}"
+def _nonce_key(nonce: str) -> str:
+    return f"nonce:{hashlib.sha256(nonce.encode()).hexdigest()[:40]}"
 
 
 def _replayed() -> LtiError:
@@ -342,14 +501,25 @@ def _replayed() -> LtiError:
                     "from the LMS.", status=401)
 
 
-def _check_nonce_and_state(session: Session, claims: Mapping[str, Any], state: str, platform: Platform,
-                           now: datetime, settings: LaunchSettings, used_nonces: Cache | None = None) -> LoginState:
+def _check_nonce_and_state(session: Session, claims: Mapping[str, Any], state: str, platform: Registration,
+                           now: datetime, settings: LaunchSettings, cache: Cache | None = None,
+                           prefetched: Mapping[str, bytes | None] | None = None) -> tuple[Login, bool]:
+    """The login this launch answers, and whether it is kept in the cache (else in the database)."""
     nonce = claims.get("nonce")
     if not isinstance(nonce, str) or not nonce or len(nonce) > 128:
         raise LtiError("missing_claim", "The id_token has no usable 'nonce' claim.", status=401)
-    if used_nonces is not None and used_nonces.get(_nonce_key(platform, nonce)) is not None:
-        raise _replayed()
-    login = session.scalars(_LOGIN_STATE, {"state": state}).first()
+    login: Login | None = None
+    if cache is not None:
+        if prefetched is None or "nonce" not in prefetched:
+            prefetched = dict(zip(("nonce", "login"), cache.get_many([_nonce_key(nonce), _login_key(state)]),
+                                  strict=True))
+        if prefetched["nonce"] is not None:
+            raise _replayed()
+        login = _decode_login(state, prefetched["login"])
+    in_cache = login is not None
+    if login is None:
+        found = session.connection().execute(_LOGIN_STATE, {"state": state}).first()
+        login = Login(**found._mapping) if found is not None else None
     if (login is None or _aware(login.expires_at) <= now or login.platform_id != platform.id
             or login.nonce != nonce):
         # Only a login state that is live, ours and issued with this very nonce passes. Its nonce is unique and
@@ -365,11 +535,11 @@ def _check_nonce_and_state(session: Session, claims: Mapping[str, Any], state: s
     if login.nonce != nonce:
         raise LtiError("nonce_mismatch", "The id_token's nonce is not the one Trailmark issued for this login.",
                        status=401)
-    return login
+    return login, in_cache
 
 
-def _check_browser_binding(login: LoginState, state: str, form: Mapping[str, Any], cookies: Mapping[str, str],
-                           platform: Platform) -> None:
+def _check_browser_binding(login: Login, state: str, form: Mapping[str, Any], cookies: Mapping[str, str],
+                           platform: Registration) -> None:
     if login.storage == "platform":
         stored = form.get("lti_storage_state")
         if stored is None:
@@ -391,7 +561,7 @@ def state_cookie_name(state: str) -> str:
     return f"tm_state_{state[:16]}"
 
 
-def _check_deployment(session: Session, claims: Mapping[str, Any], platform: Platform,
+def _check_deployment(session: Session, claims: Mapping[str, Any], platform: Registration,
                       known: tuple[str, bool] | None = None) -> str:
     deployment_id = _str_claim(claims, LTI + "deployment_id")
     if deployment_id is None:
@@ -405,7 +575,7 @@ def _check_deployment(session: Session, claims: Mapping[str, Any], platform: Pla
     return deployment_id
 
 
-def _check_message(claims: Mapping[str, Any], platform: Platform, deployment_id: str,
+def _check_message(claims: Mapping[str, Any], platform: Registration, deployment_id: str,
                    settings: LaunchSettings) -> LaunchContext:
     message_type = _str_claim(claims, LTI + "message_type")
     if message_type is None:
@@ -472,10 +642,16 @@ def _check_message(claims: Mapping[str, Any], platform: Platform, deployment_id:
     )
 
 
-def _consume(session: Session, login: LoginState, claims: Mapping[str, Any], platform: Platform, now: datetime,
-             settings: LaunchSettings, used_nonces: Cache | None = None) -> None:
-    """Use up the nonce and the state; a concurrent replay on another worker loses the insert race."""
+def _consume(session: Session, login: Login, claims: Mapping[str, Any], platform: Registration, now: datetime,
+             settings: LaunchSettings, cache: Cache | None = None, *, in_cache: bool = False) -> PendingUse | None:
+    """Use up the nonce and the state kept in the database; a concurrent replay loses the insert race.
+
+    A login kept in Redis is returned as a ``PendingUse`` instead: its DEL decides the race.
+    """
     keep_until = _nonce_kept_until(claims, now, settings)
+    if in_cache and cache is not None:
+        return PendingUse(_login_key(login.state), _nonce_key(login.nonce),
+                          int((keep_until - now).total_seconds()) + 1)
     use_nonce = _USE_NONCE.get(session.get_bind().dialect.name)
     if use_nonce is not None:
         params = {"nonce": login.nonce, "platform_id": platform.id, "expires_at": keep_until}
@@ -488,13 +664,12 @@ def _consume(session: Session, login: LoginState, claims: Mapping[str, Any], pla
                 session.flush()
         except IntegrityError:
             raise _replayed() from None
-    if used_nonces is not None:
-        used_nonces.set(_nonce_key(platform, login.nonce), b"1",
-                        int((keep_until - now).total_seconds()) + 1)
+    if cache is not None:
+        cache.set(_nonce_key(login.nonce), b"1", int((keep_until - now).total_seconds()) + 1)
     session.execute(_DELETE_LOGIN_STATE, {"state": login.state})
-    session.expunge(login)
     if secrets.randbelow(CLEANUP_ONE_IN) == 0:
         session.execute(delete(UsedNonce).where(UsedNonce.expires_at < now - timedelta(days=1)))
+    return None
 
 
 def select_platform(session: Session, platform_id: int) -> Platform:

@@ -34,29 +34,81 @@ def find_platform(session: Session, issuer: str, client_id: str | None) -> Platf
     return rows[0] if len(rows) == 1 else None
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A platform registration as a login or launch reads it: a plain row, not an ORM object."""
+
+    id: int
+    district_id: int
+    issuer: str
+    client_id: str
+    auth_login_url: str
+    key_set_url: str
+    product_family: str
+    registered_via: str
+
+
 _KNOWN_DEPLOYMENT = (select(Deployment.id).where(Deployment.platform_id == Platform.id,
                                                  Deployment.deployment_id == bindparam("deployment_id"))
                      .exists().label("known_deployment"))
-_REGISTRATION_BY_CLIENT = select(Platform, _KNOWN_DEPLOYMENT).where(
+_REGISTRATION_COLUMNS = (Platform.id, Platform.district_id, Platform.issuer, Platform.client_id,
+                         Platform.auth_login_url, Platform.key_set_url, Platform.product_family,
+                         Platform.registered_via, _KNOWN_DEPLOYMENT)
+_REGISTRATION_BY_CLIENT = select(*_REGISTRATION_COLUMNS).where(
     Platform.issuer == bindparam("issuer"), Platform.client_id == bindparam("client_id"))
-_REGISTRATION_BY_ISSUER = select(Platform, _KNOWN_DEPLOYMENT).where(Platform.issuer == bindparam("issuer")).limit(2)
+_REGISTRATION_BY_ISSUER = select(*_REGISTRATION_COLUMNS).where(Platform.issuer == bindparam("issuer")).limit(2)
+_HAS_DEPLOYMENT = select(Deployment.id).where(Deployment.platform_id == bindparam("platform_id"),
+                                              Deployment.deployment_id == bindparam("deployment_id")).limit(1)
 
 
-def find_registration(session: Session, issuer: str, client_id: str | None,
-                      deployment_id: str | None) -> tuple[Platform | None, bool]:
-    """Like ``find_platform``, and whether that platform has ``deployment_id``, in one prepared query."""
+REGISTRATION_SECONDS = 60  # a change to a registration reaches launches within this time when Redis is used
+_NOT_READ: Any = object()
+
+
+def registration_key(issuer: str, client_id: str | None, deployment_id: str | None) -> str:
+    """The shared-cache key of one registration look-up."""
+    ident = json.dumps([issuer, client_id, deployment_id]).encode()
+    return f"registration:{hashlib.sha256(ident).hexdigest()[:40]}"
+
+
+def _decode_registration(raw: bytes | None) -> tuple[Registration, bool] | None:
+    if raw is None:
+        return None
+    try:
+        *fields, known = json.loads(raw)
+        return Registration(*fields), bool(known)
+    except (ValueError, TypeError):
+        return None
+
+
+def find_registration(session: Session, issuer: str, client_id: str | None, deployment_id: str | None, *,
+                      cache: Any = None, cached: Any = _NOT_READ) -> tuple[Registration | None, bool]:
+    """Like ``find_platform``, and whether that platform has ``deployment_id``, in one prepared column query.
+
+    With a shared ``cache`` (Redis) a registration found, with its deployment, is kept there for
+    ``REGISTRATION_SECONDS``; ``cached`` is its value when the caller already read it. Unknown issuers, client ids
+    and deployments are never cached, so a new registration or deployment works at once.
+    """
+    key = registration_key(issuer, client_id, deployment_id) if cache is not None else ""
+    if cache is not None:
+        hit = _decode_registration(cache.get(key) if cached is _NOT_READ else cached)
+        if hit is not None:
+            return hit
     params = {"issuer": issuer, "client_id": client_id, "deployment_id": deployment_id}
-    rows = list(session.execute(_REGISTRATION_BY_CLIENT if client_id else _REGISTRATION_BY_ISSUER, params))
+    rows = session.connection().execute(_REGISTRATION_BY_CLIENT if client_id else _REGISTRATION_BY_ISSUER,
+                                        params).all()
     if len(rows) != 1:
         return None, False
-    platform, known_deployment = rows[0]
-    return platform, bool(known_deployment) and deployment_id is not None
+    *fields, known_deployment = rows[0]
+    known = bool(known_deployment) and deployment_id is not None
+    if cache is not None and (known or deployment_id is None):
+        cache.set(key, json.dumps([*fields, known]), REGISTRATION_SECONDS)
+    return Registration(*fields), known
 
 
-def has_deployment(session: Session, platform: Platform, deployment_id: str) -> bool:
-    return session.scalars(
-        select(Deployment.id).where(Deployment.platform_id == platform.id, Deployment.deployment_id == deployment_id)
-    ).first() is not None
+def has_deployment(session: Session, platform: Platform | Registration, deployment_id: str) -> bool:
+    params = {"platform_id": platform.id, "deployment_id": deployment_id}
+    return session.connection().execute(_HAS_DEPLOYMENT, params).first() is not None
 
 
 def add_platform(session: Session, district: District, *, issuer: str, client_id: str, deployment_ids: Iterable[str],
@@ -163,7 +215,8 @@ def fetch_jwks(url: str, *, timeout: float, http: requests.Session | None = None
     return data, resp.headers
 
 
-KeySetFetcher = Callable[[Platform], tuple[dict[str, Any], Any]]
+AnyPlatform = Platform | Registration  # the ORM row, or the plain row a launch reads
+KeySetFetcher = Callable[[AnyPlatform], tuple[dict[str, Any], Any]]
 
 MEMORY_SECONDS = 60  # a worker re-reads a platform's key set from Redis or the database at least this often
 MEMORY_LIMIT = 2048
@@ -198,7 +251,7 @@ class KeySetCache:
         self.memory = memory
         self.shared = shared if shared is not None and getattr(shared, "enabled", False) else None
 
-    def _store(self, session: Session, platform: Platform, now: datetime) -> PlatformKeySet:
+    def _store(self, session: Session, platform: AnyPlatform, now: datetime) -> PlatformKeySet:
         jwks, headers = self.fetcher(platform)
         seconds = cache_seconds(headers, self.default_seconds, now)
         row = session.get(PlatformKeySet, platform.id)
@@ -220,7 +273,7 @@ class KeySetCache:
         session.flush()
         return row
 
-    def _from_database(self, session: Session, platform: Platform, kid: str, now: datetime) -> PlatformKeySet:
+    def _from_database(self, session: Session, platform: AnyPlatform, kid: str, now: datetime) -> PlatformKeySet:
         row = session.get(PlatformKeySet, platform.id)
         fetched = False
         if row is None or _aware(row.expires_at) <= now:
@@ -232,11 +285,11 @@ class KeySetCache:
             row = self._store(session, platform, now)
         return row
 
-    def get_key(self, session: Session, platform: Platform, kid: str, now: datetime) -> dict[str, Any]:
+    def get_key(self, session: Session, platform: AnyPlatform, kid: str, now: datetime) -> dict[str, Any]:
         """The JWK with this kid; raises LtiError('unknown_kid') after one re-fetch."""
         return self._lookup(session, platform, kid, now)[0]
 
-    def get_public_key(self, session: Session, platform: Platform, kid: str, now: datetime) -> Any:
+    def get_public_key(self, session: Session, platform: AnyPlatform, kid: str, now: datetime) -> Any:
         """The parsed RS256 public key for this kid (parsed once per process and key set)."""
         jwk, remembered = self._lookup(session, platform, kid, now)
         if remembered is not None and kid in remembered.parsed:
@@ -252,7 +305,7 @@ class KeySetCache:
             remembered.parsed[kid] = public_key
         return public_key
 
-    def _lookup(self, session: Session, platform: Platform, kid: str,
+    def _lookup(self, session: Session, platform: AnyPlatform, kid: str,
                 now: datetime) -> tuple[dict[str, Any], _Remembered | None]:
         remembered = self.memory.get(platform.id) if self.memory is not None else None
         if (remembered is not None and remembered.key_set_url == platform.key_set_url
@@ -278,7 +331,7 @@ class KeySetCache:
             self.shared.set(shared_key, json.dumps(entry), int((expires_at - now).total_seconds()))
         return key, self._remember(platform, jwks, fetched_at, expires_at, now)
 
-    def _remember(self, platform: Platform, jwks: dict[str, Any], fetched_at: datetime, expires_at: datetime,
+    def _remember(self, platform: AnyPlatform, jwks: dict[str, Any], fetched_at: datetime, expires_at: datetime,
                   now: datetime) -> _Remembered | None:
         if self.memory is None or expires_at <= now:
             return None

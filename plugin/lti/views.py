@@ -11,7 +11,7 @@ import requests
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 
 from plugin import observability
-from plugin.cache import get_cache
+from plugin.cache import Cache, get_cache
 from plugin.lti import keys, registration
 from plugin.lti.errors import LtiError
 from plugin.lti.launch import (
@@ -20,16 +20,17 @@ from plugin.lti.launch import (
     LaunchSettings,
     NeedsPlatformStorage,
     begin_login,
+    check_launch,
     parse_login,
     state_cookie_name,
-    validate_launch,
+    use_login,
 )
-from plugin.lti.platforms import fetch_jwks
+from plugin.lti.platforms import AnyPlatform, fetch_jwks
 from plugin.lti.provision import provision
 from plugin.lti.roles import NONE
-from plugin.lti.sessions import create_session
+from plugin.lti.sessions import NotTaken, create_session
+from plugin.panels.views import panel_endpoint
 from plugin.store.db import get_session
-from plugin.store.models import Platform
 
 bp = Blueprint("lti", __name__, url_prefix="/lti")
 log = logging.getLogger("trailmark.lti")
@@ -64,7 +65,7 @@ def _now() -> datetime:
 def key_cache() -> KeySetCache:
     cfg = _lti_cfg()
 
-    def fetch(platform: Platform) -> tuple[dict[str, Any], Any]:
+    def fetch(platform: AnyPlatform) -> tuple[dict[str, Any], Any]:
         if platform.registered_via == "sandbox" and current_app.config.get("SANDBOX_ENABLED"):
             from plugin.sandbox.platform import sandbox_jwks
 
@@ -74,6 +75,12 @@ def key_cache() -> KeySetCache:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     memory = app.extensions.setdefault(KEY_MEMORY_EXTENSION, {})
     return KeySetCache(fetch, default_seconds=cfg["jwks_cache_seconds"], memory=memory, shared=get_cache(app))
+
+
+def _shared() -> Cache | None:
+    """Redis when configured (login states, used nonces, launch sessions), otherwise None: the database."""
+    cache = get_cache()
+    return cache if cache.enabled else None
 
 
 def _cookie_kwargs() -> dict[str, Any]:
@@ -88,8 +95,8 @@ def login() -> Response:
     session = get_session()
     state, platform, auth_url = begin_login(
         session, req, base_url=_base_url(), launch_url=f"{_base_url()}/lti/launch", now=_now(),
-        state_minutes=_lti_cfg()["login_state_minutes"])
-    log.info("lti.login platform=%s storage=%s", platform.id, state.storage)
+        state_minutes=_lti_cfg()["login_state_minutes"], cache=_shared())
+    log.debug("lti.login platform=%s storage=%s", platform.id, state.storage)  # the launch line says the rest
     max_age = _lti_cfg()["login_state_minutes"] * 60
     if state.storage == "platform":
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(platform.auth_login_url))
@@ -114,14 +121,17 @@ def launch() -> Response:
     cfg = _lti_cfg()
     settings = LaunchSettings(base_url=_base_url(), leeway=cfg["clock_leeway_seconds"],
                               max_token_age=cfg["max_token_age_seconds"])
+    shared = _shared()
     try:
-        shared = get_cache()
-        ctx = validate_launch(session, request.form, cookies=request.cookies, key_cache=key_cache(),
-                              settings=settings, now=_now(), used_nonces=shared if shared.enabled else None)
-    except NeedsPlatformStorage as pending:
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(pending.platform.auth_login_url))
+        checked = check_launch(session, request.form, cookies=request.cookies, key_cache=key_cache(),
+                               settings=settings, now=_now(), cache=shared)
+        ctx, pending = checked.context, checked.pending
+        if ctx.view == NONE and pending is not None and shared is not None:
+            use_login(shared, pending)
+    except NeedsPlatformStorage as storage:
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(storage.platform.auth_login_url))
         target = request.form.get("lti_storage_target") or "_parent"
-        return Response(render_template("lti/platform_storage_get.html", state=pending.state, origin=origin,
+        return Response(render_template("lti/platform_storage_get.html", state=storage.state, origin=origin,
                                         target=target[:64], id_token=request.form.get("id_token", ""),
                                         action=url_for("lti.launch")))
     except LtiError as exc:
@@ -129,22 +139,35 @@ def launch() -> Response:
         if exc.hint == "new_window":
             return _new_window_page(exc)
         raise
-    log.info("lti.launch platform=%s message=%s view=%s", ctx.platform_id, ctx.message_type, ctx.view)
-    observability.count_launch(ctx.message_type, ctx.view)
     if ctx.view == NONE:
+        _count_launch(ctx)
         return Response(render_template("no_view.html"), status=403)
-    person, klass = provision(session, ctx)
-    ticket, _row = create_session(
-        session, district_id=ctx.district_id, user_sub=ctx.user_sub, view=ctx.view, roles=list(ctx.roles),
-        platform_id=ctx.platform_id, deployment_id=ctx.deployment_id, context_id=ctx.context_id,
-        person_id=person.id, class_id=klass.id if klass else None, claims=_session_claims(ctx),
-        minutes=cfg["session_minutes"], now=_now())
+    person_id, class_id = provision(session, ctx, cache=shared, cached=checked.launcher)
+    try:  # a login kept in Redis is used up by the same script that writes the session (one round trip)
+        ticket, _row = create_session(
+            session, district_id=ctx.district_id, user_sub=ctx.user_sub, view=ctx.view, roles=list(ctx.roles),
+            platform_id=ctx.platform_id, deployment_id=ctx.deployment_id, context_id=ctx.context_id,
+            person_id=person_id, class_id=class_id, claims=_session_claims(ctx),
+            minutes=cfg["session_minutes"], now=_now(), cache=shared,
+            take=(pending.state_key, pending.nonce_key, pending.nonce_seconds) if pending is not None else None)
+    except NotTaken as lost:
+        session.rollback()  # nothing this launch provisioned stays
+        if pending is None:
+            raise
+        raise pending.refused(lost.taken) or lost from None
     session.commit()
-    resp = redirect(url_for("panels.home", ltik=ticket), code=303)
+    _count_launch(ctx)
+    # Straight to the panel of the launch's view: no hop through /p/home (one request fewer per launch).
+    resp = redirect(url_for(panel_endpoint(ctx.view, ctx.message_type), ltik=ticket), code=303)
     state = request.form.get("state", "")
     resp.delete_cookie(state_cookie_name(state), path="/lti/", secure=_cookie_kwargs()["secure"],
                        samesite=_cookie_kwargs()["samesite"])
     return resp  # type: ignore[return-value]
+
+
+def _count_launch(ctx: LaunchContext) -> None:
+    log.info("lti.launch platform=%s message=%s view=%s", ctx.platform_id, ctx.message_type, ctx.view)
+    observability.count_launch(ctx.message_type, ctx.view)
 
 
 def _session_claims(ctx: LaunchContext) -> dict[str, Any]:

@@ -6,12 +6,13 @@ and returns the template's context.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from plugin import alert_messages, lms_gates
 from plugin.learning.pace import pace_line
 from plugin.panels import charts, present
 from plugin.store import queries
@@ -57,10 +58,12 @@ def class_page(session: Session, district_id: int, class_id: int, *, today: date
         "klass": info, "students": students, "modules": modules, "columns": columns,
         "module_groups": module_groups, "rows": rows, "sort": sort, "bands": present.BANDS,
         "alerts": present.alert_views(alerts, by_id, today), "chart": chart, "chart_rows": chart_rows,
+        "alert_delivery": alert_messages.delivery(session, district_id, {a.id: a.level for a in alerts}),
         "plan": plan, "plan_lines": present.plan_lines(plan, modules), "counts": counts,
         "groups": present.groups_for(students, columns, scores),
         "overrides": present.override_views(overrides, by_id, module_by_id),
         "accommodations": {a.person_id: a for a in accommodated}, "far_behind_days": present.far_behind_days(),
+        "lms_gates": lms_gates.class_gates(session, district_id, class_id),
         "today": today,
     }
 
@@ -86,23 +89,28 @@ def plan_page(session: Session, district_id: int, class_id: int) -> dict[str, An
 
 
 def profile_page(session: Session, district_id: int, student: Any, *, own: bool, viewer_id: int | None,
-                 viewer_view: str, today: date, override_class_id: int | None = None) -> dict[str, Any]:
+                 viewer_view: str, today: date, override_class_id: int | None = None,
+                 classes: Mapping[int, queries.ClassInfo] | None = None) -> dict[str, Any]:
     """A learner profile: per class the path, pace, skills and growth; goals, interests, feedback.
 
     ``override_class_id`` is the class whose gates the viewer may override from this page (a teacher's launch
-    class, when they teach it).
+    class, when they teach it). ``classes``: the student's classes when the caller has read them already.
     """
-    class_ids = queries.class_ids_of_student(session, district_id, student.id)
-    infos = queries.class_info(session, district_id, class_ids)
+    infos = dict(classes) if classes is not None else queries.student_classes(session, district_id, student.id)
+    class_ids = list(infos)
     modules = queries.module_infos(session, district_id, class_ids)
     competencies = queries.competency_infos(session, district_id, class_ids)
-    mastery = queries.student_mastery(session, district_id, student.id)
-    gates = queries.student_gates(session, district_id, student.id)
+    # Scores only show against competencies, and gates and pace plans only against modules: without any, the
+    # page shows the same without reading them (a class whose content has not been synced yet).
+    mastery = queries.student_mastery(session, district_id, student.id) if competencies else []
+    gates = queries.student_gates(session, district_id, student.id) if modules else []
     pace = queries.student_pace(session, district_id, student.id, class_ids)
     snapshots = queries.student_snapshots(session, district_id, student.id, class_ids)
-    plans = queries.pace_plans(session, district_id, class_ids)
+    plans = queries.pace_plans(session, district_id, class_ids) if modules else {}
     accommodated = {a.class_id: a for a in queries.accommodations(session, district_id, class_ids, student.id)}
-    overrides = queries.active_overrides(session, district_id, class_ids, student.id)
+    # Overrides show only to a teacher who may change them, in their launch class (see can_override below).
+    overrides = (queries.active_overrides(session, district_id, [override_class_id], student.id)
+                 if override_class_id in infos else [])
     entries = queries.profile_entries(session, district_id, student.id)
     feedback = queries.recent_feedback(session, district_id, student.id, class_ids)
     taught: Sequence[int] = ()

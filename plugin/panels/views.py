@@ -13,16 +13,17 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 
 from plugin import signin as signin_mod
+from plugin.cache import get_cache
 from plugin.lti import keys as tool_keys
 from plugin.lti.deeplink import build_response, placements_for
 from plugin.lti.roles import ADMIN, PARENT, STUDENT, TEACHER
-from plugin.lti.sessions import check_csrf, create_session, load_session
+from plugin.lti.sessions import LaunchSession, check_csrf, create_session, find_session
 from plugin.mail import MailError
 from plugin.mail import send as send_mail
 from plugin.panels import actions, charts, pages, present, schemas
 from plugin.store import queries
 from plugin.store.db import get_session
-from plugin.store.models import AppSession, AuditEvent, District, Person
+from plugin.store.models import AuditEvent, District
 
 bp = Blueprint("panels", __name__, url_prefix="/p")
 bp.add_app_template_global(charts.marker_icon, "marker_icon")
@@ -45,7 +46,7 @@ def require_session(*views: str) -> Callable[[F], F]:
     def decorator(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            row = load_session(get_session(), _ticket(), datetime.now(UTC))
+            row = find_session(get_session(), _ticket(), datetime.now(UTC), get_cache())
             if row is None:
                 return Response(render_template(
                     "error.html", title="Your Trailmark session has ended",
@@ -66,7 +67,7 @@ def require_session(*views: str) -> Callable[[F], F]:
 
 @bp.app_context_processor
 def _inject() -> dict[str, Any]:
-    row: AppSession | None = g.get("app_session")
+    row: LaunchSession | None = g.get("app_session")
 
     def purl(endpoint: str, **values: Any) -> str:
         """A panel URL that carries the launch session."""
@@ -84,21 +85,35 @@ def _inject() -> dict[str, Any]:
             "csrf_token": row.csrf_token if row else ""}
 
 
-def _me() -> Person:
-    row: AppSession = g.app_session
-    person = queries.get_person(get_session(), row.district_id, row.person_id or 0)
+def _me() -> queries.StudentInfo:
+    row: LaunchSession = g.app_session
+    person = queries.person_info(get_session(), row.district_id, row.person_id or 0)
     if person is None:
         abort(403, "Your account is no longer in this district's roster.")
     return person
 
 
+_AUDIT_INSERT = AuditEvent.__table__.insert()
+
+
 def _audit(action: str, subject: str, **detail: Any) -> None:
-    row: AppSession = g.app_session
-    get_session().add(AuditEvent(district_id=row.district_id, at=datetime.now(UTC), actor=f"person:{row.person_id}",
-                                 action=action, subject=subject, detail=detail))
+    """Record a page view in the audit log: written once the page is rendered, just before the request commits."""
+    row: LaunchSession = g.app_session
+    g.setdefault("audit_rows", []).append({
+        "district_id": row.district_id, "at": datetime.now(UTC), "actor": f"person:{row.person_id}",
+        "action": action, "subject": subject, "detail": detail})
 
 
-def can_view_student(row: AppSession, student_id: int) -> bool:
+@bp.after_request
+def _write_audit(resp: Response) -> Response:
+    """Insert the request's audit rows last, so that a page view holds a write lock (SQLite) only to commit."""
+    rows = g.pop("audit_rows", None)
+    if rows:
+        get_session().execute(_AUDIT_INSERT, rows)
+    return resp
+
+
+def can_view_student(row: LaunchSession, student_id: int) -> bool:
     """Self, a teacher of one of the student's classes, a linked parent, or a district admin; nobody else."""
     session = get_session()
     if row.person_id == student_id:
@@ -112,15 +127,24 @@ def can_view_student(row: AppSession, student_id: int) -> bool:
     return False
 
 
+PANEL_ENDPOINTS = {TEACHER: "panels.teacher", STUDENT: "panels.student", PARENT: "panels.parent",
+                   ADMIN: "admin.home"}
+
+
+def panel_endpoint(view: str, message_type: str | None) -> str:
+    """The endpoint a launch opens: the deep-linking picker, or the panel of the launch's view."""
+    if message_type == "LtiDeepLinkingRequest":
+        return "panels.deep_link"
+    return PANEL_ENDPOINTS[view]
+
+
 @bp.get("/home")
 @require_session()
 def home() -> Response:
-    row: AppSession = g.app_session
-    if row.claims.get("message_type") == "LtiDeepLinkingRequest":
-        return redirect(url_for("panels.deep_link", ltik=g.ltik))  # type: ignore[return-value]
-    target = {TEACHER: "panels.teacher", STUDENT: "panels.student", PARENT: "panels.parent",
-              ADMIN: "admin.home"}[row.view]
-    return redirect(url_for(target, ltik=g.ltik))  # type: ignore[return-value]
+    """Send a bookmarked or older launch link on to the session's panel (launches now go there directly)."""
+    row: LaunchSession = g.app_session
+    return redirect(url_for(panel_endpoint(row.view, row.claims.get("message_type")),  # type: ignore[return-value]
+                            ltik=g.ltik))
 
 
 DONE_MESSAGES = {
@@ -150,7 +174,7 @@ def _sort() -> str:
 
 
 def _class_id() -> int:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     if not row.class_id:
         abort(400, "This launch did not come from a class. Open Trailmark from a course page.")
     return row.class_id
@@ -158,7 +182,7 @@ def _class_id() -> int:
 
 def _render_class(*, status: int = 200, error: str | None = None, error_field: str = "",
                   form: dict[str, Any] | None = None) -> Response:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     session = get_session()
     context: dict[str, Any] = {"klass": None}
     if row.class_id:
@@ -180,7 +204,7 @@ def teacher() -> Response:
 @require_session(TEACHER)
 def add_override() -> Any:
     """Open a module for a student (shown mastery another way, accommodation) or close it again."""
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     class_id = _class_id()
     try:
         form = schemas.OverrideForm().load(request.form)
@@ -221,7 +245,7 @@ def _back(return_to: str, student_id: int, done: str, anchor: str = "overrides")
 @bp.post("/teacher/overrides/<int:override_id>/remove")
 @require_session(TEACHER)
 def remove_override(override_id: int) -> Any:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     class_id = _class_id()
     try:
         form = schemas.RemoveOverrideForm().load(request.form)
@@ -242,7 +266,7 @@ def remove_override(override_id: int) -> Any:
 
 def _render_plan(*, status: int = 200, error: str | None = None, error_form: str = "",
                  form: Any = None) -> Response:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     context = pages.plan_page(get_session(), row.district_id, _class_id())
     if context["klass"] is not None:
         _audit("view_pace_plan", f"class:{row.class_id}", view=row.view)
@@ -261,7 +285,7 @@ def pace_plan() -> Response:
 @require_session(TEACHER)
 def save_pace_plan() -> Any:
     """Save module due dates (kept as edits where they differ from the even spread), or spread them evenly again."""
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     class_id = _class_id()
     session = get_session()
     modules = queries.module_infos(session, row.district_id, [class_id])
@@ -309,7 +333,7 @@ def save_pace_plan() -> Any:
 @bp.post("/teacher/accommodations")
 @require_session(TEACHER)
 def save_accommodation() -> Any:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     class_id = _class_id()
     try:
         form = schemas.AccommodationForm().load(request.form)
@@ -334,7 +358,7 @@ def save_accommodation() -> Any:
 @bp.post("/teacher/accommodations/remove")
 @require_session(TEACHER)
 def remove_accommodation() -> Any:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     class_id = _class_id()
     try:
         form = schemas.StudentChoiceForm().load(request.form)
@@ -357,7 +381,7 @@ def remove_accommodation() -> Any:
 @bp.get("/student")
 @require_session(STUDENT)
 def student() -> Response:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     return _render_profile(row.person_id or 0)
 
 
@@ -370,12 +394,12 @@ def student_profile(student_id: int) -> Response:
 def _render_profile(student_id: int, *, status: int = 200, error: str | None = None, error_form: str = "",
                     form: Any = None) -> Response:
     """A learner profile; anyone but the student themself is checked and audited."""
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     if not can_view_student(row, student_id):
         log.warning("panels.denied view=%s student=%s", row.view, student_id)
         abort(403, "You can only see learner profiles of your own students or children.")
     session = get_session()
-    person = queries.get_person(session, row.district_id, student_id)
+    person, classes = queries.student_with_classes(session, row.district_id, student_id)
     if person is None:
         abort(404)
     own = row.person_id == student_id
@@ -383,7 +407,7 @@ def _render_profile(student_id: int, *, status: int = 200, error: str | None = N
         _audit("view_student_profile", f"person:{student_id}", view=row.view)
     context = pages.profile_page(session, row.district_id, person, own=own, viewer_id=row.person_id,
                                  viewer_view=row.view, today=_now().date(),
-                                 override_class_id=row.class_id if row.view == TEACHER else None)
+                                 override_class_id=row.class_id if row.view == TEACHER else None, classes=classes)
     html = render_template("panels/student.html", done=_done(), error=error, error_form=error_form,
                            form=form or {}, **context)
     return Response(html, status=status)
@@ -391,7 +415,7 @@ def _render_profile(student_id: int, *, status: int = 200, error: str | None = N
 
 def _entry_role(student_id: int) -> str:
     """Who may write in this profile: the student ("student") or one of their teachers ("teacher")."""
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     if row.view == STUDENT and row.person_id == student_id:
         return "student"
     if row.view == TEACHER and queries.teaches_student(get_session(), row.district_id, row.person_id or 0,
@@ -404,7 +428,7 @@ ENTRY_KINDS = {"student": ("interest", "aspiration", "goal"), "teacher": ("goal"
 
 
 def _after_entry(student_id: int, done: str, anchor: str) -> Any:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     if row.view == STUDENT:
         return redirect(url_for("panels.student", ltik=g.ltik, done=done) + f"#{anchor}", code=303)
     return redirect(url_for("panels.student_profile", student_id=student_id, ltik=g.ltik, done=done)
@@ -416,7 +440,7 @@ def _after_entry(student_id: int, done: str, anchor: str) -> Any:
 def add_entry(student_id: int) -> Any:
     """A student adds an interest, aspiration or goal; a teacher co-sets a goal or adds a note."""
     role = _entry_role(student_id)
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     try:
         form = schemas.EntryForm().load(request.form)
     except ValidationError as exc:
@@ -446,7 +470,7 @@ def add_entry(student_id: int) -> Any:
 
 def _editable_entry(student_id: int, entry_id: int) -> Any:
     role = _entry_role(student_id)
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     entry = queries.get_entry(get_session(), row.district_id, entry_id)
     if entry is None or entry.person_id != student_id or entry.archived_at is not None:
         abort(404)
@@ -461,7 +485,7 @@ def _editable_entry(student_id: int, entry_id: int) -> Any:
 @require_session(STUDENT, TEACHER)
 def edit_entry(student_id: int, entry_id: int) -> Any:
     entry = _editable_entry(student_id, entry_id)
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     try:
         form = schemas.EntryEditForm().load(request.form)
     except ValidationError as exc:
@@ -483,7 +507,7 @@ def edit_entry(student_id: int, entry_id: int) -> Any:
 @require_session(STUDENT, TEACHER)
 def archive_entry(student_id: int, entry_id: int) -> Any:
     entry = _editable_entry(student_id, entry_id)
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     session = get_session()
     now = _now()
     actions.archive_entry(session, entry, now)
@@ -499,7 +523,7 @@ def archive_entry(student_id: int, entry_id: int) -> Any:
 @require_session(PARENT)
 def parent() -> Response:
     """A parent's view of one child (a switcher when there are several); read only, audited."""
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     session = get_session()
     children = queries.list_children(session, row.district_id, row.person_id or 0)
     chosen = None
@@ -571,7 +595,7 @@ def signin_link(token: str) -> Any:
 @bp.route("/deep-link", methods=["GET", "POST"])
 @require_session(TEACHER, ADMIN)
 def deep_link() -> Any:
-    row: AppSession = g.app_session
+    row: LaunchSession = g.app_session
     claims = row.claims
     if claims.get("message_type") != "LtiDeepLinkingRequest" or not claims.get("deep_link_return_url"):
         abort(400, "This launch was not a request to add Trailmark to the course.")

@@ -319,6 +319,8 @@ class Module(_Canonical, Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
     prerequisite_ids: Mapped[list[Any]] = mapped_column(default=list)  # canonical module ids
     published: Mapped[bool] = mapped_column(Boolean, default=True)
+    # what the LMS itself demands before each item opens: [[item title, [[activity sourced id, min %], …]], …]
+    access_conditions: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class Activity(_Canonical, Base):
@@ -429,6 +431,36 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Erasure(Base):
+    """One erasure on request: the anonymised person it left, and whether the family has since lifted it."""
+
+    __tablename__ = "erasure"
+    __table_args__ = (Index("ix_erasure_person", "person_id"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"), nullable=True)
+    role_group: Mapped[str] = mapped_column(String(16))  # learner | staff | family: e-mail matches stay within it
+    sis_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a different SIS id is someone else
+    key_id: Mapped[str] = mapped_column(String(16))  # which secret keyed the digests
+    ref_ids: Mapped[list[Any]] = mapped_column(default=list)  # external_ref rows marked erased, freed on lifting
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    erased_by: Mapped[str] = mapped_column(String(255))
+    lifted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lifted_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class ErasedIdentifier(Base):
+    """A keyed hash (HMAC-SHA256) of one identifier of an erased person, never the identifier itself."""
+
+    __tablename__ = "erased_identifier"
+    __table_args__ = (Index("ix_erased_identifier_digest", "district_id", "digest"),)
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district(index=False)  # led by the digest index
+    erasure_id: Mapped[int] = mapped_column(ForeignKey("erasure.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # sis_id | email | username | ref
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 # ============================================================================ sandbox LMS
@@ -668,6 +700,26 @@ class CheckPostRecord(Base):
     activity_id: Mapped[int] = mapped_column(ForeignKey("activity.id", ondelete="CASCADE"))
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LmsGateRecord(Base):
+    """How far a mastery gate is set up in the LMS itself: one row per gated module and mastery check."""
+
+    __tablename__ = "lms_gate"
+    __table_args__ = (UniqueConstraint("module_id", "check_activity_id"), Index("ix_lms_gate_class", "class_id"),
+                      Index("ix_lms_gate_outbox", "outbox_key"))
+    id: Mapped[int] = _pk()
+    district_id: Mapped[int] = _district()
+    class_id: Mapped[int] = mapped_column(ForeignKey("class.id", ondelete="CASCADE"))
+    module_id: Mapped[int] = mapped_column(ForeignKey("module.id", ondelete="CASCADE"))  # the module that opens
+    after_module_id: Mapped[int] = mapped_column(ForeignKey("module.id", ondelete="CASCADE"))  # holds the check
+    check_activity_id: Mapped[int] = mapped_column(ForeignKey("activity.id", ondelete="CASCADE"))
+    lms: Mapped[str] = mapped_column(String(16))  # canvas | moodle
+    status: Mapped[str] = mapped_column(String(16))  # queued | applied | failed | needs_teacher
+    detail: Mapped[str] = mapped_column(Text, default="")
+    setup: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what was asked of the LMS, or of the teacher
+    outbox_key: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the GateWrite's idempotency key
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # ============================================================================ admin console

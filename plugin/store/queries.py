@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from plugin.store.models import (
@@ -21,6 +21,7 @@ from plugin.store.models import (
     Deployment,
     District,
     Enrollment,
+    ExternalRef,
     GateOverrideRecord,
     GateRecord,
     GuardianLink,
@@ -327,6 +328,52 @@ def class_info(session: Session, district_id: int, class_ids: Sequence[int]) -> 
     return {cid: ClassInfo(cid, title, term, start, end) for cid, title, term, start, end in rows}
 
 
+_STUDENT_CLASSES = (
+    select(Class.id, Class.title, AcademicSession.title, AcademicSession.start_date, AcademicSession.end_date)
+    .join(Enrollment, Enrollment.class_id == Class.id)
+    .outerjoin(AcademicSession, AcademicSession.id == Class.term_id)
+    .where(Enrollment.district_id == _DISTRICT, Enrollment.person_id == _PERSON, Enrollment.role == "student",
+           Enrollment.status == "active", Class.status == "active")
+    .order_by(Class.id))
+
+
+def student_classes(session: Session, district_id: int, person_id: int) -> dict[int, ClassInfo]:
+    """The active classes a student is enrolled in, with their term dates (``class_ids_of_student`` and
+    ``class_info`` in one query), by class id."""
+    rows = _rows(session, _STUDENT_CLASSES, district_id=district_id, person_id=person_id)
+    return {cid: ClassInfo(cid, title, term, start, end) for cid, title, term, start, end in rows}
+
+
+_PERSON_INFO = (select(Person.id, Person.given_name, Person.family_name, Person.sourced_id)
+                .where(Person.id == _PERSON, Person.district_id == _DISTRICT, Person.status != "erased"))
+_PERSON_CLASSES = (
+    select(Person.id, Person.given_name, Person.family_name, Person.sourced_id, Class.id, Class.title,
+           AcademicSession.title, AcademicSession.start_date, AcademicSession.end_date)
+    .outerjoin(Enrollment, (Enrollment.person_id == Person.id) & (Enrollment.district_id == _DISTRICT)
+               & (Enrollment.role == "student") & (Enrollment.status == "active"))
+    .outerjoin(Class, (Class.id == Enrollment.class_id) & (Class.status == "active"))
+    .outerjoin(AcademicSession, AcademicSession.id == Class.term_id)
+    .where(Person.id == _PERSON, Person.district_id == _DISTRICT, Person.status != "erased")
+    .order_by(Class.id))
+
+
+def student_with_classes(session: Session, district_id: int,
+                         person_id: int) -> tuple[StudentInfo | None, dict[int, ClassInfo]]:
+    """``person_info`` and ``student_classes`` in one query: the student (None when erased) and their classes."""
+    rows = _rows(session, _PERSON_CLASSES, district_id=district_id, person_id=person_id)
+    if not rows:
+        return None, {}
+    classes = {cid: ClassInfo(cid, title, term, start, end)
+               for *_person, cid, title, term, start, end in rows if cid is not None}
+    return StudentInfo(*rows[0][:4]), classes
+
+
+def person_info(session: Session, district_id: int, person_id: int) -> StudentInfo | None:
+    """A person of the district as a plain row (names for a page header or a profile); None when erased."""
+    rows = _rows(session, _PERSON_INFO, district_id=district_id, person_id=person_id)
+    return StudentInfo(*rows[0]) if rows else None
+
+
 _STUDENT_INFOS = (
     select(Person.id, Person.given_name, Person.family_name, Person.sourced_id)
     .join(Enrollment, Enrollment.person_id == Person.id)
@@ -393,11 +440,13 @@ def competency_infos(session: Session, district_id: int, class_ids: Sequence[int
             if found is None or (position, mid) < found:
                 first_module[key] = (position, mid)
     wanted = sorted({c for cs in members.values() for c in cs}) or [-1]
-    settings = _rows(session, _DISTRICT_SETTINGS, district_id=district_id)
-    default_points = float(((settings[0][0] if settings else None) or {}).get("mastery_threshold") or 0.0)
+    rows = _rows(session, _COMPETENCIES, district_id=district_id, class_ids=ids, competency_ids=wanted)
+    default_points = 0.0
+    if any(not mastery for _id, _class, _title, _points, mastery, _ratings in rows):  # read only when needed
+        settings = _rows(session, _DISTRICT_SETTINGS, district_id=district_id)
+        default_points = float(((settings[0][0] if settings else None) or {}).get("mastery_threshold") or 0.0)
     out: list[tuple[tuple[int, int, int], CompetencyInfo]] = []
-    for comp_id, own_class, title, points, mastery, ratings in _rows(
-            session, _COMPETENCIES, district_id=district_id, class_ids=ids, competency_ids=wanted):
+    for comp_id, own_class, title, points, mastery, ratings in rows:
         parsed = tuple((float(r[0]), str(r[1])) for r in (ratings or []) if isinstance(r, list) and len(r) >= 2)
         for cid in ids:
             if comp_id not in members[cid] and own_class != cid:
@@ -633,6 +682,7 @@ _OUTCOMES = (
     .where(Result.district_id == _DISTRICT, Result.person_id == _PERSON, Result.status == "active",
            Result.activity_id.is_(None), Competency.class_id.in_(_CLASSES))
     .order_by(Result.scored_at.desc(), Result.id.desc()).limit(_LIMIT))
+_FEEDBACK = union_all(select(_SCORED.subquery()), select(_OUTCOMES.subquery()))  # each newest first, then merged
 
 
 def recent_feedback(session: Session, district_id: int, person_id: int, class_ids: Sequence[int],
@@ -641,20 +691,23 @@ def recent_feedback(session: Session, district_id: int, person_id: int, class_id
     if not class_ids:
         return []
     params = {"district_id": district_id, "person_id": person_id, "class_ids": list(class_ids), "limit": limit}
-    rows = [*_rows(session, _SCORED, **params), *_rows(session, _OUTCOMES, **params)]
+    rows = list(_rows(session, _FEEDBACK, **params))
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     rows.sort(key=lambda r: (_aware(r[4]) or epoch, r[6]), reverse=True)
     return [FeedbackRow(cid, title, score, maximum, _aware(at), comment)
             for cid, title, score, maximum, at, comment, _rid in rows[:limit]]
 
 
+_CLASS_IDS_OF_STUDENT = (
+    select(Enrollment.class_id).join(Class, Class.id == Enrollment.class_id)
+    .where(Enrollment.district_id == _DISTRICT, Enrollment.person_id == _PERSON, Enrollment.role == "student",
+           Enrollment.status == "active", Class.status == "active")
+    .order_by(Enrollment.class_id).distinct())
+
+
 def class_ids_of_student(session: Session, district_id: int, person_id: int) -> list[int]:
     """The active classes a student is enrolled in."""
-    return list(session.scalars(
-        select(Enrollment.class_id).join(Class, Class.id == Enrollment.class_id)
-        .where(Enrollment.district_id == district_id, Enrollment.person_id == person_id,
-               Enrollment.role == "student", Enrollment.status == "active", Class.status == "active")
-        .order_by(Enrollment.class_id).distinct()))
+    return [cid for (cid,) in _rows(session, _CLASS_IDS_OF_STUDENT, district_id=district_id, person_id=person_id)]
 
 
 def enrolled_student(session: Session, district_id: int, class_id: int, person_id: int) -> bool:
@@ -664,11 +717,14 @@ def enrolled_student(session: Session, district_id: int, class_id: int, person_i
         Enrollment.role == "student", Enrollment.status == "active")).first() is not None
 
 
+_TEACHER_CLASS_IDS = select(Enrollment.class_id).where(
+    Enrollment.district_id == _DISTRICT, Enrollment.person_id == _PERSON, Enrollment.role.in_(("teacher", "aide")),
+    Enrollment.status == "active").distinct()
+
+
 def teacher_class_ids(session: Session, district_id: int, teacher_id: int) -> list[int]:
     """The classes a teacher (or aide) teaches."""
-    return list(session.scalars(select(Enrollment.class_id).where(
-        Enrollment.district_id == district_id, Enrollment.person_id == teacher_id,
-        Enrollment.role.in_(("teacher", "aide")), Enrollment.status == "active").distinct()))
+    return [cid for (cid,) in _rows(session, _TEACHER_CLASS_IDS, district_id=district_id, person_id=teacher_id)]
 
 
 def get_module(session: Session, district_id: int, class_id: int, module_id: int) -> Module | None:
@@ -692,3 +748,18 @@ def get_accommodation(session: Session, district_id: int, class_id: int,
     return session.scalars(select(AccommodationRecord).where(
         AccommodationRecord.district_id == district_id, AccommodationRecord.class_id == class_id,
         AccommodationRecord.person_id == person_id)).first()
+
+
+def external_ids(session: Session, district_id: int, namespace: str,
+                 wanted: Mapping[str, Iterable[int]]) -> dict[tuple[str, int], str]:
+    """Return the ids one system (``namespace``) knows some canonical rows by, keyed by (kind, canonical id).
+
+    One query; references marked erased or removed are left out."""
+    conditions = [(ExternalRef.kind == kind) & ExternalRef.entity_id.in_(list(ids))
+                  for kind, ids in wanted.items() if ids]
+    if not conditions:
+        return {}
+    return {(kind, entity): ext for kind, entity, ext in session.execute(
+        select(ExternalRef.kind, ExternalRef.entity_id, ExternalRef.external_id).where(
+            ExternalRef.district_id == district_id, ExternalRef.namespace == namespace,
+            ExternalRef.status == "active", or_(*conditions)))}

@@ -24,11 +24,9 @@ def _refused(resp, reason: str, status: int | None = None) -> None:
 def test_teacher_launch_opens_teacher_view(client, lti, app):
     resp = lti.launch(client, "teacher")
     assert resp.status_code == 303
-    home = resp.headers["Location"]
-    assert "/p/home?ltik=" in home
-    resp = client.get(home)
-    assert resp.status_code == 302 and "/p/teacher" in resp.headers["Location"]
-    page = client.get(resp.headers["Location"])
+    panel = resp.headers["Location"]
+    assert "/p/teacher?ltik=" in panel  # straight to the view's panel, no hop through /p/home
+    page = client.get(panel)
     assert page.status_code == 200
     assert "Biology 1" in page.get_data(as_text=True)
     with get_store(app).session() as s:
@@ -43,8 +41,8 @@ def test_teacher_launch_opens_teacher_view(client, lti, app):
 def test_roles_map_to_views(client, lti, role, view):
     resp = lti.launch(client, role)
     assert resp.status_code == 303
-    follow = client.get(resp.headers["Location"])
-    assert ("/admin/" if view == "admin" else f"/p/{view}") in follow.headers["Location"]
+    assert ("/admin/" if view == "admin" else f"/p/{view}?") in resp.headers["Location"]
+    assert client.get(resp.headers["Location"]).status_code == 200
 
 
 def test_unknown_role_gets_friendly_page(client, lti):
@@ -65,6 +63,39 @@ def test_tampered_payload_is_refused(client, lti):
     other = lti.sign(lti.claims(nonce, sub="someone-else")).split(".")[1]
     _refused(client.post("/lti/launch", data={"id_token": f"{header}.{other}.{sig}", "state": st}),
              "bad_signature", 401)
+
+
+def test_a_signature_in_a_non_canonical_encoding_is_refused(client, lti):
+    """The same signature bytes spelt differently (trailing bits set) are not the token the platform signed."""
+    st, nonce = lti.login(client)
+    header, payload, sig = lti.sign(lti.claims(nonce)).split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelt = sig[:-1] + alphabet[alphabet.index(sig[-1]) ^ 1]  # a 2048-bit signature leaves 2 spare bits
+    _refused(client.post("/lti/launch", data={"id_token": f"{header}.{payload}.{respelt}", "state": st}),
+             "bad_signature", 401)
+
+
+@pytest.mark.parametrize("headers,reason,status", [
+    ({"crit": ["exp"], "exp": 1}, "invalid_id_token", 401),  # JWS extensions LTI does not use
+    ({"b64": False, "crit": ["b64"]}, "malformed_id_token", 400),  # an unencoded payload is not base64url
+])
+def test_jws_extensions_are_refused(client, lti, headers, reason, status):
+    st, nonce = lti.login(client)
+    token = lti.sign(lti.claims(nonce), headers=headers)
+    _refused(client.post("/lti/launch", data={"id_token": token, "state": st}), reason, status)
+
+
+@pytest.mark.parametrize("claims,reason", [
+    ({"iat": "1700000000"}, "invalid_id_token"),
+    ({"exp": "soon"}, "invalid_id_token"),
+    ({"iat": True}, "invalid_id_token"),
+    ({"nbf": 4102444800}, "issued_in_future"),  # not before 2100
+    ({"aud": ["client-1", 7], "azp": "client-1"}, "wrong_aud"),
+])
+def test_malformed_registered_claims_are_refused(client, lti, claims, reason):
+    resp = lti.launch(client, **claims)
+    body = resp.get_data(as_text=True)
+    assert 400 <= resp.status_code < 500 and reason in body, (resp.status_code, body[:400])
 
 
 def test_unknown_kid_refetches_once_then_refuses(client, lti, app):
@@ -267,8 +298,17 @@ def test_many_launches_in_one_browser_keep_working(client, lti):
         tickets.append(resp.headers["Location"])
     cookie_names = {c.key for c in client._cookies.values()} if hasattr(client, "_cookies") else set()
     assert not [n for n in cookie_names if n.startswith("tm_state_")]
-    for home in tickets:  # every launch's session still opens its panel
-        assert client.get(home).status_code == 302
+    for panel in tickets:  # every launch's session still opens its panel
+        assert client.get(panel).status_code == 200
+
+
+def test_home_sends_a_bookmarked_launch_to_its_panel(client, lti):
+    for role, path in (("teacher", "/p/teacher"), ("student", "/p/student")):
+        panel = lti.launch(client, role).headers["Location"]
+        ltik = panel.split("ltik=")[1]
+        home = client.get("/p/home", query_string={"ltik": ltik})
+        assert home.status_code == 302 and home.headers["Location"] == panel
+        assert path in panel
 
 
 def test_second_launch_reuses_the_person(client, lti, app):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 17:36:06.071462
+Create Date: 2026-11-25 18:19:23.967882
 """
 from alembic import op
 import sqlalchemy as sa
@@ -272,6 +272,26 @@ def upgrade() -> None:
     with op.batch_alter_table('deployment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_deployment_platform_id'), ['platform_id'], unique=False)
 
+    op.create_table('erasure',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('role_group', sa.String(length=16), nullable=False),
+    sa.Column('sis_digest', sa.String(length=64), nullable=True),
+    sa.Column('key_id', sa.String(length=16), nullable=False),
+    sa.Column('ref_ids', sa.JSON(), nullable=False),
+    sa.Column('erased_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('erased_by', sa.String(length=255), nullable=False),
+    sa.Column('lifted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('lifted_by', sa.String(length=255), nullable=True),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('erasure', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_erasure_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_erasure_person', ['person_id'], unique=False)
+
     op.create_table('guardian_link',
     sa.Column('guardian_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('student_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -425,6 +445,20 @@ def upgrade() -> None:
         batch_op.create_index('ix_class_lti_context', ['district_id', 'lti_context_id'], unique=False)
         batch_op.create_index('ix_class_sis_id', ['district_id', 'sis_id'], unique=False)
 
+    op.create_table('erased_identifier',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('erasure_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('digest', sa.String(length=64), nullable=False),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['erasure_id'], ['erasure.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('erased_identifier', schema=None) as batch_op:
+        batch_op.create_index('ix_erased_identifier_digest', ['district_id', 'digest'], unique=False)
+        batch_op.create_index(batch_op.f('ix_erased_identifier_erasure_id'), ['erasure_id'], unique=False)
+
     op.create_table('alert',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -522,6 +556,7 @@ def upgrade() -> None:
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('prerequisite_ids', sa.JSON(), nullable=False),
     sa.Column('published', sa.Boolean(), nullable=False),
+    sa.Column('access_conditions', sa.JSON(), nullable=False),
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('sourced_id', sa.String(length=255), nullable=False),
@@ -767,6 +802,32 @@ def upgrade() -> None:
         batch_op.create_index('ix_check_post_class', ['class_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_check_post_district_id'), ['district_id'], unique=False)
 
+    op.create_table('lms_gate',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('district_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('class_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('module_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('after_module_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('check_activity_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('lms', sa.String(length=16), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=False),
+    sa.Column('setup', sa.JSON(), nullable=False),
+    sa.Column('outbox_key', sa.String(length=255), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['after_module_id'], ['module.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['check_activity_id'], ['activity.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['class_id'], ['class.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['district_id'], ['district.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['module_id'], ['module.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('module_id', 'check_activity_id')
+    )
+    with op.batch_alter_table('lms_gate', schema=None) as batch_op:
+        batch_op.create_index('ix_lms_gate_class', ['class_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_lms_gate_district_id'), ['district_id'], unique=False)
+        batch_op.create_index('ix_lms_gate_outbox', ['outbox_key'], unique=False)
+
     op.create_table('result',
     sa.Column('person_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('activity_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -803,6 +864,12 @@ def downgrade() -> None:
         batch_op.drop_index('ix_result_activity')
 
     op.drop_table('result')
+    with op.batch_alter_table('lms_gate', schema=None) as batch_op:
+        batch_op.drop_index('ix_lms_gate_outbox')
+        batch_op.drop_index(batch_op.f('ix_lms_gate_district_id'))
+        batch_op.drop_index('ix_lms_gate_class')
+
+    op.drop_table('lms_gate')
     with op.batch_alter_table('check_post', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_check_post_district_id'))
         batch_op.drop_index('ix_check_post_class')
@@ -877,6 +944,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_alert_district_id'))
 
     op.drop_table('alert')
+    with op.batch_alter_table('erased_identifier', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_erased_identifier_erasure_id'))
+        batch_op.drop_index('ix_erased_identifier_digest')
+
+    op.drop_table('erased_identifier')
     with op.batch_alter_table('class', schema=None) as batch_op:
         batch_op.drop_index('ix_class_sis_id')
         batch_op.drop_index('ix_class_lti_context')
@@ -915,6 +987,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_guardian_link_guardian')
 
     op.drop_table('guardian_link')
+    with op.batch_alter_table('erasure', schema=None) as batch_op:
+        batch_op.drop_index('ix_erasure_person')
+        batch_op.drop_index(batch_op.f('ix_erasure_district_id'))
+
+    op.drop_table('erasure')
     with op.batch_alter_table('deployment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_deployment_platform_id'))
 
