@@ -37,7 +37,8 @@ def ensure_districts(session: Session, cfg: dict[str, Any], now: datetime) -> di
         district.name = entry["name"]
         district.settings = {**(district.settings or {}), "match_on": entry["match_on"],
                              "issuer_allowlist": entry["issuer_allowlist"],
-                             "mastery_threshold": entry["mastery_threshold"]}
+                             "mastery_threshold": entry["mastery_threshold"],
+                             "alert_messages": entry["alert_messages"]}
         out[entry["slug"]] = district
     session.flush()
     return out

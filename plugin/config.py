@@ -206,6 +206,37 @@ class ObservabilitySchema(Schema):
     metrics_token = _SecretRef(load_default=None, allow_none=True)
 
 
+ALERT_KINDS = ("behind", "stalled", "far_ahead")
+ALERT_AUDIENCES = ("teacher", "student", "parent")
+
+
+def _alert_audience_schema(name: str, default_kinds: tuple[str, ...]) -> type[Schema]:
+    """Build the schema of one audience's alert messages: which kinds, from which level."""
+    return Schema.from_dict({
+        "kinds": fields.List(fields.String(validate=validate.OneOf(ALERT_KINDS)),
+                             load_default=lambda: list(default_kinds)),
+        "min_level": fields.Integer(load_default=1, validate=validate.Range(1, 3)),
+    }, name=name)
+
+
+_AUDIENCE_SCHEMAS: dict[str, type[Schema]] = {
+    "teacher": _alert_audience_schema("TeacherAlertMessagesSchema", ALERT_KINDS),
+    "student": _alert_audience_schema("StudentAlertMessagesSchema", ()),
+    "parent": _alert_audience_schema("ParentAlertMessagesSchema", ()),
+}
+
+
+class AlertMessagesSchema(Schema):
+    """Minimum-pace alerts sent through the LMS, per audience: teachers get every kind, students and parents none."""
+
+    class Meta:
+        unknown = RAISE
+
+    teacher = fields.Nested(_AUDIENCE_SCHEMAS["teacher"], load_default=lambda: _AUDIENCE_SCHEMAS["teacher"]().load({}))
+    student = fields.Nested(_AUDIENCE_SCHEMAS["student"], load_default=lambda: _AUDIENCE_SCHEMAS["student"]().load({}))
+    parent = fields.Nested(_AUDIENCE_SCHEMAS["parent"], load_default=lambda: _AUDIENCE_SCHEMAS["parent"]().load({}))
+
+
 class DistrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -217,6 +248,7 @@ class DistrictSchema(Schema):
     match_on = fields.List(fields.String(validate=validate.OneOf(["sis_id", "email", "username"])),
                            load_default=lambda: ["sis_id"])
     mastery_threshold = fields.Float(load_default=None, allow_none=True)
+    alert_messages = fields.Nested(AlertMessagesSchema, load_default=lambda: AlertMessagesSchema().load({}))
 
 
 class PlatformSchema(Schema):
@@ -390,6 +422,9 @@ def validate_config(raw: Mapping[str, Any], *, origin: str = "configuration") ->
         cfg["sandbox"]["enabled"] = cfg["mode"] == "local"
     if cfg["mode"] == "local":
         cfg["lti"]["allow_http_platforms"] = True
+    for district in cfg["districts"]:  # parents without a Mentor launch sign in by email, when mail is on
+        district["alert_messages"]["signin_url"] = (
+            f"{public_url(cfg)}/p/signin/{district['slug']}" if cfg["mail"].get("enabled") else None)
     return cfg
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from connectors.base import ScoreWrite
+from plugin import lms_gates
 from plugin.learning.alerts import Alert, AlertKind
 from plugin.learning.gating import GateOverride, MasteryCheck, OverrideKind
 from plugin.learning.gating import Module as LModule
@@ -29,6 +30,7 @@ from plugin.learning.pace import Accommodation, plan_from_settings
 from plugin.learning.profile import EntryKind, GoalStatus, ProfileEntry
 from plugin.learning.recompute import ClassData, ClassResult, LearningSettings, recompute_class
 from plugin.store import models as m
+from plugin.store import queries
 
 log = logging.getLogger("trailmark.progress")
 
@@ -44,6 +46,10 @@ class RecomputeSummary:
     alerts_opened: int = 0
     alerts_resolved: int = 0
     checks_queued: int = 0
+    gates_queued: int = 0  # Canvas gate writes (module prerequisite + the check's minimum score)
+    messages_queued: int = 0  # alert messages queued for the LMS (one per alert, level and audience)
+    messages_skipped: int = 0  # recipients the class's LMS has no id for
+    messages_held: list[str] = field(default_factory=list)  # classes whose LMS cannot take alert messages, and why
     problems: list[str] = field(default_factory=list)
 
 
@@ -328,6 +334,10 @@ def _store(session: Session, district_id: int, b: _Batch, data: Mapping[str, Cla
     for alert in result.alerts.to_resolve:
         session.execute(update(m.AlertRecord).where(m.AlertRecord.id == int(alert.id or 0)).values(
             resolved_at=alert.resolved_at or now, updated_at=now))
+    if result.alerts.to_resolve:
+        from plugin.alert_messages import withdraw
+
+        withdraw(session, district_id, (int(a.id) for a in result.alerts.to_resolve if a.id))
     summary.alerts_opened += len(result.alerts.to_open)
     summary.alerts_resolved += len(result.alerts.to_resolve)
 
@@ -405,14 +415,8 @@ def _write_target(session: Session, district_id: int, class_id: int) -> tuple[An
 
 def _external_ids(session: Session, district_id: int, namespace: str, class_id: int, person_id: int,
                   activity_id: int) -> tuple[str, str, str] | None:
-    found: dict[tuple[str, int], str] = {}
-    for kind, entity, ext in session.execute(select(m.ExternalRef.kind, m.ExternalRef.entity_id,
-                                                    m.ExternalRef.external_id).where(
-            m.ExternalRef.district_id == district_id, m.ExternalRef.namespace == namespace,
-            or_((m.ExternalRef.kind == "class") & (m.ExternalRef.entity_id == class_id),
-                (m.ExternalRef.kind == "person") & (m.ExternalRef.entity_id == person_id),
-                (m.ExternalRef.kind == "activity") & (m.ExternalRef.entity_id == activity_id)))):
-        found[(kind, entity)] = ext
+    found = queries.external_ids(session, district_id, namespace, {"class": [class_id], "person": [person_id],
+                                                    "activity": [activity_id]})
     person = found.get(("person", person_id))
     klass = found.get(("class", class_id))
     if person is None or klass is None:
@@ -432,6 +436,8 @@ def _external_ids(session: Session, district_id: int, namespace: str, class_id: 
 def recompute(session: Session, district_id: int, class_ids: Iterable[int] | None = None, *,
               now: datetime | None = None, settings: LearningSettings | None = None) -> RecomputeSummary:
     """Recompute the learning state of some classes (all of the district's active classes when None)."""
+    from plugin import alert_messages
+
     now = now or datetime.now(UTC)
     district = session.get(m.District, district_id)
     if district is None:
@@ -454,7 +460,9 @@ def recompute(session: Session, district_id: int, class_ids: Iterable[int] | Non
             summary.classes += 1
             summary.students += len(data.student_ids)
         summary.checks_queued += _queue_check_posts(session, district_id, posts, now)
+        summary.gates_queued += lms_gates.refresh(session, district_id, datas.values(), now=now)
         session.flush()
+        alert_messages.queue_alert_messages(session, district, chunk, now=now, summary=summary)
     if summary.problems:
         log.warning("progress.problems district=%s count=%d first=%s", district_id, len(summary.problems),
                     summary.problems[0])

@@ -178,7 +178,7 @@ def test_sync_run_prints_a_summary(app: Any, runner: Any) -> None:
     result = runner.invoke(args=["sync", "run", "sis"])
 
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # logs go to stderr
     assert lines[0].split() == ["record", "added", "updated", "unchanged", "tombstoned", "rejected"]
     person = next(line for line in lines if line.startswith("person"))
     assert person.split() == ["person", "14", "0", "0", "0", "0"]
@@ -186,7 +186,7 @@ def test_sync_run_prints_a_summary(app: Any, runner: Any) -> None:
 
     again = runner.invoke(args=["sync", "run", "sis", "--scope", "roster"])
     assert again.exit_code == 0
-    assert next(line for line in again.output.splitlines() if line.startswith("total")).split()[3] == "35"
+    assert next(line for line in again.stdout.splitlines() if line.startswith("total")).split()[3] == "35"
 
 
 def test_sync_run_dry_run_writes_nothing(app: Any, runner: Any) -> None:
