@@ -199,8 +199,7 @@ def main() -> None:
         client = app.test_client()
         resp = follow_sandbox_launch(client, "teacher")
         assert resp.status_code == 303, resp.get_data(as_text=True)[:500]
-        home = client.get(resp.headers["Location"])
-        ltik = parse_qs(urlsplit(home.headers["Location"]).query)["ltik"][0]
+        ltik = parse_qs(urlsplit(resp.headers["Location"]).query)["ltik"][0]  # the launch lands on the panel
         page = f"/p/teacher?ltik={ltik}"
         profile = f"/p/students/{student_id}?ltik={ltik}"
         first = client.get(page)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, aliased
 
 from connectors import outbox
@@ -278,16 +278,19 @@ outbox.on_outcome("gate", record_outcome)
 # --------------------------------------------------------------------------- the class view
 
 
+_OPENED, _AFTER = aliased(m.Module), aliased(m.Module)
+_CLASS_GATES = (  # built once: the teacher panel asks on every render
+    select(m.LmsGateRecord, _OPENED.title, _AFTER.title, m.Activity.title)
+    .join(_OPENED, _OPENED.id == m.LmsGateRecord.module_id)
+    .join(_AFTER, _AFTER.id == m.LmsGateRecord.after_module_id)
+    .join(m.Activity, m.Activity.id == m.LmsGateRecord.check_activity_id)
+    .where(m.LmsGateRecord.district_id == bindparam("district_id"), m.LmsGateRecord.class_id == bindparam("class_id"))
+    .order_by(_OPENED.position, _OPENED.id, m.LmsGateRecord.id))
+
+
 def class_gates(session: Session, district_id: int, class_id: int) -> list[GateView]:
     """The class's LMS gates for the teacher, in module order (one query)."""
-    opened, after = aliased(m.Module), aliased(m.Module)
-    rows = session.execute(
-        select(m.LmsGateRecord, opened.title, after.title, m.Activity.title)
-        .join(opened, opened.id == m.LmsGateRecord.module_id)
-        .join(after, after.id == m.LmsGateRecord.after_module_id)
-        .join(m.Activity, m.Activity.id == m.LmsGateRecord.check_activity_id)
-        .where(m.LmsGateRecord.district_id == district_id, m.LmsGateRecord.class_id == class_id)
-        .order_by(opened.position, opened.id, m.LmsGateRecord.id)).all()
+    rows = session.execute(_CLASS_GATES, {"district_id": district_id, "class_id": class_id}).all()
     views = []
     for row, title, after_title, check_title in rows:
         setup = row.setup or {}

@@ -29,9 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+import jwt
 from pylti1p3.exception import LtiException
 from pylti1p3.message_validators import get_validators
 from sqlalchemy import bindparam, delete, select
@@ -66,7 +64,6 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "nonce")
 MAX_TOKEN = 64 * 1024
 CLEANUP_ONE_IN = 64  # one request in this many also deletes expired login states or used nonces
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_PKCS1, _SHA256 = padding.PKCS1v15(), hashes.SHA256()  # RS256: RSASSA-PKCS1-v1_5 with SHA-256
 
 # Statements of the launch's hot path, built once (parameters bound at execution).
 _LOGIN_TABLE, _NONCE_TABLE = LoginState.__table__, UsedNonce.__table__
@@ -436,53 +433,51 @@ def _registration(session: Session, iss: str, client_id: str, deployment_id: str
 
 def _verify(session: Session, id_token: str, header: Mapping[str, Any], claims: dict[str, Any],
             platform: Registration, key_cache: KeySetCache, settings: LaunchSettings, now: datetime) -> dict[str, Any]:
-    """Check the RS256 signature over the token exactly as sent, then its registered claims.
+    """Check the RS256 signature and the registered claims with PyJWT; return the verified claims.
 
-    The signature is checked with ``cryptography`` directly on the segments ``_read_unverified`` already
-    validated and decoded (base64url alphabet, canonical encoding, JSON objects, ``alg`` RS256, a ``kid``), so
-    the claims it parsed are the signed ones; the claim checks are PyJWT's (required claims, ``iat``/``nbf``
-    not in the future, ``exp`` not past, each with the leeway; ``iss`` equal; our client_id in ``aud``).
+    ``claims`` (read before the signature was checked, to find the registration) is never trusted: the claims
+    returned are the ones PyJWT decoded from the signed token.
     """
     public_key = key_cache.get_public_key(session, platform, header["kid"], now)  # RS256 RSA keys only
     if "crit" in header or "b64" in header:
         raise LtiError("invalid_id_token", "The id_token uses a JWS extension ('crit', 'b64') that LTI does not "
                        "allow.", status=401)
-    signing_input, _, signature = id_token.rpartition(".")
+    try:  # the same signature bytes spelt with spare bits set are not the token the platform signed
+        _b64(id_token.rpartition(".")[2])
+    except ValueError:
+        raise LtiError("bad_signature", "The id_token signature is not in canonical base64url, so it is not the "
+                       "token the platform signed.", status=401) from None
     try:
-        public_key.verify(_b64(signature), signing_input.encode("ascii"), _PKCS1, _SHA256)
-    except (InvalidSignature, ValueError, TypeError, AttributeError):
+        verified: dict[str, Any] = jwt.decode(
+            id_token, key=public_key, algorithms=["RS256"], audience=platform.client_id, issuer=platform.issuer,
+            leeway=settings.leeway, options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise LtiError("expired", "The id_token has expired. Launch again from the LMS; if it keeps happening, "
+                       "check the server clock.", status=401) from None
+    except jwt.ImmatureSignatureError:
+        raise LtiError("issued_in_future", "The id_token was issued in the future; the LMS's clock or ours is "
+                       "off by more than the allowed leeway.", status=401) from None
+    except jwt.InvalidSignatureError:
         raise LtiError("bad_signature", "The id_token signature does not verify with the platform's key.",
                        status=401) from None
-    _check_registered_claims(claims, platform, settings.leeway, now.timestamp())
-    iat = claims["iat"]
+    except jwt.InvalidAudienceError:
+        raise LtiError("wrong_aud", "The id_token is not addressed to this tool's client_id.", status=401) from None
+    except jwt.InvalidIssuerError:
+        raise LtiError("wrong_iss", "The id_token issuer does not match the registration.", status=401) from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise LtiError("missing_claim", f"The id_token has no '{exc.claim}' claim.", status=401) from None
+    except jwt.PyJWTError as exc:
+        raise LtiError("invalid_id_token", f"The id_token is not valid: {exc}.", status=401) from None
+    for name in ("iat", "exp", "nbf"):  # PyJWT accepts numeric strings and booleans here; LTI wants numbers
+        value = verified.get(name, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+            raise LtiError("invalid_id_token", f"The id_token's '{name}' claim must be a number of seconds.",
+                           status=401)
+    iat = verified["iat"]
     if now.timestamp() - iat > settings.max_token_age + settings.leeway:
         raise LtiError("expired", "The id_token was issued too long ago. Launch again from the LMS.", status=401)
-    return claims
-
-
-def _time_claim(claims: Mapping[str, Any], name: str) -> float:
-    value = claims[name]
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:  # NaN is not a time
-        raise LtiError("invalid_id_token", f"The id_token's '{name}' claim must be a number of seconds.", status=401)
-    return value
-
-
-def _check_registered_claims(claims: Mapping[str, Any], platform: Registration, leeway: float, now: float) -> None:
-    for name in REQUIRED_CLAIMS:
-        if claims.get(name) is None:
-            raise LtiError("missing_claim", f"The id_token has no '{name}' claim.", status=401)
-    if _time_claim(claims, "iat") > now + leeway or ("nbf" in claims and _time_claim(claims, "nbf") > now + leeway):
-        raise LtiError("issued_in_future", "The id_token was issued in the future; the LMS's clock or ours is off "
-                       "by more than the allowed leeway.", status=401)
-    if _time_claim(claims, "exp") <= now - leeway:
-        raise LtiError("expired", "The id_token has expired. Launch again from the LMS; if it keeps happening, "
-                       "check the server clock.", status=401)
-    if claims["iss"] != platform.issuer:
-        raise LtiError("wrong_iss", "The id_token issuer does not match the registration.", status=401)
-    aud = claims["aud"]
-    auds = [aud] if isinstance(aud, str) else aud
-    if not isinstance(auds, list) or not all(isinstance(a, str) for a in auds) or platform.client_id not in auds:
-        raise LtiError("wrong_aud", "The id_token is not addressed to this tool's client_id.", status=401)
+    return verified
 
 
 def _nonce_kept_until(claims: Mapping[str, Any], now: datetime, settings: LaunchSettings) -> datetime:
