@@ -384,3 +384,16 @@ class Connector(Protocol):
     def push(self, write: Write) -> PushResult:
         """Apply one write remotely; raise a ConnectorError subclass on failure. Must be idempotent."""
         ...
+
+
+def first_error(messages: object, prefix: str = "") -> tuple[str | None, str]:
+    """Return ``(dotted field, reason)`` for the first problem in a marshmallow error tree (for ``Rejected``)."""
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            path = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            return first_error(value, path)
+    if isinstance(messages, list) and messages:
+        if all(isinstance(m, str) for m in messages):
+            return (prefix or None), "; ".join(messages)
+        return first_error(messages[0], prefix)
+    return (prefix or None), str(messages)

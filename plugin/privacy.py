@@ -429,7 +429,8 @@ def find_person(session: Session, district_id: int, ref: str) -> m.Person | None
 # =========================================================================== export
 
 
-def _iso(value: date | datetime | None) -> str | None:
+def iso_time(value: date | datetime | None) -> str | None:
+    """A date or time as ISO 8601 text (naive times read as UTC), or None."""
     if value is None:
         return None
     if isinstance(value, datetime) and value.tzinfo is None:
@@ -482,11 +483,11 @@ def export_person(session: Session, district_id: int, person_id: int, *, now: da
     names = {q.id: q.display_name for q in session.scalars(select(m.Person).where(m.Person.id.in_(linked)))} \
         if linked else {}
     return {
-        "exported_at": _iso(now),
+        "exported_at": iso_time(now),
         "person": {
             "id": p.id, "sourced_id": p.sourced_id, "role": p.role, "given_name": p.given_name,
             "family_name": p.family_name, "email": p.email, "username": p.username, "sis_id": p.sis_id,
-            "status": p.status, "enabled": p.enabled, "updated_at": _iso(p.updated_at),
+            "status": p.status, "enabled": p.enabled, "updated_at": iso_time(p.updated_at),
         },
         "identifiers": [
             {"kind": r.kind, "system": r.namespace, "id": r.external_id, "status": r.status}
@@ -494,7 +495,7 @@ def export_person(session: Session, district_id: int, person_id: int, *, now: da
         ],
         "enrollments": [
             {"class_id": e.class_id, "class": class_title(e.class_id), "role": e.role, "status": e.status,
-             "begin_date": _iso(e.begin_date), "end_date": _iso(e.end_date)}
+             "begin_date": iso_time(e.begin_date), "end_date": iso_time(e.end_date)}
             for e in rows(m.Enrollment, m.Enrollment.person_id == person_id)
         ],
         "guardian_links": [
@@ -506,53 +507,54 @@ def export_person(session: Session, district_id: int, person_id: int, *, now: da
         "results": [
             {"activity": activities[r.activity_id].title if r.activity_id in activities else None,
              "competency": competency_title(r.competency_id), "score": r.score, "score_maximum": r.score_maximum,
-             "scored_at": _iso(r.scored_at), "status": r.score_status, "comment": r.comment, "origin": r.origin}
+             "scored_at": iso_time(r.scored_at), "status": r.score_status, "comment": r.comment, "origin": r.origin}
             for r in rows(m.Result, m.Result.person_id == person_id)
         ],
         "mastery": [
             {"class": class_title(x.class_id), "competency": competency_title(x.competency_id), "score": x.score,
              "evidence_count": x.evidence_count, "mastered": x.mastered, "level": x.level,
-             "computed_at": _iso(x.computed_at)}
+             "computed_at": iso_time(x.computed_at)}
             for x in rows(m.MasteryRecord, m.MasteryRecord.person_id == person_id)
         ],
         "modules": [
             {"class": class_title(x.class_id), "module": modules.get(x.module_id), "status": x.status,
-             "reason": x.reason, "opened_at": _iso(x.opened_at), "completed_on": _iso(x.completed_on)}
+             "reason": x.reason, "opened_at": iso_time(x.opened_at), "completed_on": iso_time(x.completed_on)}
             for x in rows(m.GateRecord, m.GateRecord.person_id == person_id)
         ],
         "module_overrides": [
             {"class": class_title(x.class_id), "module_id": x.module_id, "kind": x.kind, "note": x.note,
-             "at": _iso(x.at), "revoked_at": _iso(x.revoked_at)}
+             "at": iso_time(x.at), "revoked_at": iso_time(x.revoked_at)}
             for x in rows(m.GateOverrideRecord, m.GateOverrideRecord.person_id == person_id)
         ],
         "pace": [
             {"class": class_title(x.class_id), "state": x.state, "completed": x.completed, "expected": x.expected,
-             "total": x.total, "next_due": _iso(x.next_due), "projected_finish": _iso(x.projected_finish),
-             "accommodated": x.accommodated, "computed_at": _iso(x.computed_at)}
+             "total": x.total, "next_due": iso_time(x.next_due), "projected_finish": iso_time(x.projected_finish),
+             "accommodated": x.accommodated, "computed_at": iso_time(x.computed_at)}
             for x in rows(m.PaceRecord, m.PaceRecord.person_id == person_id)
         ],
         "accommodations": [
             {"class": class_title(x.class_id), "extra_days": x.extra_days, "factor": x.factor, "note": x.note,
-             "updated_at": _iso(x.updated_at)}
+             "updated_at": iso_time(x.updated_at)}
             for x in rows(m.AccommodationRecord, m.AccommodationRecord.person_id == person_id)
         ],
         "alerts": [
             {"class": class_title(x.class_id), "kind": x.kind, "level": x.level, "detail": x.detail,
-             "opened_at": _iso(x.opened_at), "resolved_at": _iso(x.resolved_at)}
+             "opened_at": iso_time(x.opened_at), "resolved_at": iso_time(x.resolved_at)}
             for x in rows(m.AlertRecord, m.AlertRecord.person_id == person_id)
         ],
         "profile_entries": [
             {"kind": x.kind, "text": x.text, "author_role": x.author_role, "status": x.status,
-             "target_date": _iso(x.target_date), "competency": competency_title(x.competency_id),
-             "created_at": _iso(x.created_at), "updated_at": _iso(x.updated_at), "archived_at": _iso(x.archived_at)}
+             "target_date": iso_time(x.target_date), "competency": competency_title(x.competency_id),
+             "created_at": iso_time(x.created_at), "updated_at": iso_time(x.updated_at),
+             "archived_at": iso_time(x.archived_at)}
             for x in rows(m.ProfileEntryRecord, m.ProfileEntryRecord.person_id == person_id)
         ],
         "profile_snapshots": [
-            {"class": class_title(x.class_id), "taken_on": _iso(x.taken_on), "data": x.data}
+            {"class": class_title(x.class_id), "taken_on": iso_time(x.taken_on), "data": x.data}
             for x in rows(m.ProfileSnapshotRecord, m.ProfileSnapshotRecord.person_id == person_id)
         ],
         "access_log": [
-            {"at": _iso(a.at), "who": a.actor, "action": a.action, "detail": a.detail}
+            {"at": iso_time(a.at), "who": a.actor, "action": a.action, "detail": a.detail}
             for a in session.scalars(select(m.AuditEvent).where(m.AuditEvent.district_id == d,
                                                                 m.AuditEvent.subject == subject)
                                      .order_by(m.AuditEvent.at, m.AuditEvent.id))

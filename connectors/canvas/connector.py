@@ -71,6 +71,7 @@ from connectors.base import (
     Scope,
     ScoreWrite,
     Write,
+    first_error,
 )
 from connectors.canvas import schemas
 from connectors.canvas.client import CanvasClient
@@ -218,7 +219,7 @@ class CanvasConnector:
         try:
             data = CanvasSourceSchema().load(dict(cfg))
         except ValidationError as exc:
-            where, why = schemas.first_error(exc.messages)
+            where, why = first_error(exc.messages)
             name = cfg.get("name", "canvas")
             raise ConfigurationError(f"{name}: {where}: {why}", source=str(name)) from None
         if not data["token"] and not data["oauth"]:
@@ -367,7 +368,7 @@ class CanvasConnector:
         try:
             return schemas.load(schema, raw)
         except ValidationError as exc:
-            where, why = schemas.first_error(exc.messages)
+            where, why = first_error(exc.messages)
             log.info("%s: rejected %s %s: %s: %s", self.name, kind, schemas.record_id(raw), where, why)
             return Rejected(kind, schemas.record_id(raw), where, why)
 

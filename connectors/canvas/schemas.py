@@ -472,21 +472,6 @@ TOKEN = TokenSchema()
 # --------------------------------------------------------------------------- helpers
 
 
-def first_error(messages: Any, prefix: str = "") -> tuple[str | None, str]:
-    """Return ``(dotted field, reason)`` for the first problem in a marshmallow error tree."""
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key == "_schema":
-                name = prefix
-            return first_error(value, name)
-    if isinstance(messages, list) and messages:
-        if all(isinstance(m, str) for m in messages):
-            return (prefix or None), "; ".join(messages)
-        return first_error(messages[0], prefix)
-    return (prefix or None), str(messages)
-
-
 def load(schema: Schema, payload: Any) -> dict[str, Any]:
     """Load one payload or raise ``ValidationError`` (also when it is not an object at all)."""
     if not isinstance(payload, dict):

@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from connectors.base import Rejected
+from connectors.base import Rejected, first_error
 
 
 class _Base(Schema):
@@ -187,25 +187,13 @@ class ResultSchema(_Base):
 # --------------------------------------------------------------------------- helpers
 
 
-def _first_error(messages: Any, prefix: str = "") -> tuple[str | None, str]:
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            path = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
-            return _first_error(value, path)
-    if isinstance(messages, list) and messages:
-        if all(isinstance(m, str) for m in messages):
-            return (prefix or None), "; ".join(messages)
-        return _first_error(messages[0], prefix)
-    return (prefix or None), str(messages)
-
-
 def load_each(schema: Schema, items: Iterable[Any], kind: str, id_key: str = "id") -> Iterator[Any]:
     """Validate each element; yield the loaded object or a ``Rejected`` naming the element."""
     for raw in items:
         try:
             yield schema.load(raw)
         except ValidationError as exc:
-            field, reason = _first_error(exc.messages)
+            field, reason = first_error(exc.messages)
             record_id = raw.get(id_key) if isinstance(raw, Mapping) else None
             yield Rejected(kind=kind, record_id=None if record_id is None else str(record_id), field=field,
                            reason=reason)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
 
-from connectors.base import Rejected
+from connectors.base import Rejected, first_error
 
 T = TypeVar("T")
 
@@ -496,21 +496,6 @@ def rejection(kind: str, record_id: object, error: ValidationError) -> Rejected:
     field, reason = first_error(error.messages)
     return Rejected(kind=kind, record_id=None if record_id is None else str(record_id), field=field,
                     reason=reason)
-
-
-def first_error(messages: Any, prefix: str = "") -> tuple[str | None, str]:
-    """Return (dotted field path, message) of the first error in a marshmallow messages tree."""
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key == "_schema":
-                path = prefix
-            return first_error(value, path)
-    if isinstance(messages, list) and messages:
-        if all(isinstance(m, str) for m in messages):
-            return (prefix or None), "; ".join(messages)
-        return first_error(messages[0], prefix)
-    return (prefix or None), str(messages)
 
 
 def load_each(schema: Schema, items: Iterable[Any], kind: str) -> Iterator[Any]:

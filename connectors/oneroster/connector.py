@@ -34,6 +34,7 @@ from connectors.base import (
     ScoreWrite,
     Tombstone,
     Write,
+    first_error,
 )
 from connectors.http import HttpClient
 from connectors.oneroster import schemas as s
@@ -111,7 +112,7 @@ def _load_config(schema: Schema, cfg: Mapping[str, Any]) -> dict[str, Any]:
         return schema.load(dict(cfg))
     except ValidationError as exc:
         name = cfg.get("name") or "oneroster"
-        field, reason = s.first_error(exc.messages)
+        field, reason = first_error(exc.messages)
         raise ConfigurationError(f"source {name!r}: {field}: {reason}", source=str(name)) from None
 
 
@@ -359,7 +360,7 @@ class OneRosterRestConnector(OneRosterConnector):
             try:
                 loaded = schema.load(obj)
             except ValidationError as exc:
-                field, reason = s.first_error(exc.messages)
+                field, reason = first_error(exc.messages)
                 rejected += 1
                 yield Rejected(kind, sourced_id, field, reason)
                 continue

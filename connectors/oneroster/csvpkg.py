@@ -43,6 +43,7 @@ from connectors.base import (
     Result,
     Scope,
     Tombstone,
+    first_error,
 )
 from connectors.oneroster import schemas as s
 from connectors.oneroster.guardians import GuardianLinker, StudentAgents
@@ -721,7 +722,7 @@ class PackageReader:
                 try:
                     yield schema.load(data)
                 except ValidationError as exc:
-                    field, reason = s.first_error(exc.messages)
+                    field, reason = first_error(exc.messages)
                     record_id = data.get("sourcedId") or None
                     stats.rejected += 1
                     if record_id:
@@ -775,7 +776,7 @@ class PackageReader:
                 try:
                     role = schema.load(data)
                 except ValidationError as exc:
-                    field, reason = s.first_error(exc.messages)
+                    field, reason = first_error(exc.messages)
                     stats.rejected += 1
                     rejected.append(
                         Rejected(

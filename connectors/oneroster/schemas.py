@@ -598,21 +598,3 @@ class ResultRowSchema(_ResultFields, _Row):
     person_sourced_id = fields.String(data_key="studentSourcedId", required=True)
 
 
-# --------------------------------------------------------------------------- errors
-
-
-def first_error(messages: Any, prefix: str = "") -> tuple[str | None, str]:
-    """Return ``(field, reason)`` for the first problem in a marshmallow error dict."""
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key == "_schema":
-                name = prefix or ""
-            field, reason = first_error(value, name)
-            return field or None, reason
-    if isinstance(messages, list) and messages:
-        first = messages[0]
-        if isinstance(first, Mapping | list):
-            return first_error(first, prefix)
-        return prefix or None, str(first)
-    return prefix or None, str(messages)

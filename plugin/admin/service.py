@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from plugin.admin.auth import Principal
+from plugin.privacy import iso_time as _iso
 from plugin.store import models as m
 from plugin.store import queries
 
@@ -29,14 +30,6 @@ COUNT_FIELDS = ("added", "updated", "unchanged", "tombstoned", "rejected")
 
 class NotFoundInDistrict(LookupError):
     """The row does not exist, or belongs to another district."""
-
-
-def _iso(value: date | datetime | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,17 +23,8 @@ from connectors.base import (
 from connectors.fake import FakeConnector
 from plugin.store import models
 from plugin.store.db import Store
-from tests.connectors.sync_support import top_up_schema
 
 NOW = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Store]:
-    top_up_schema(database_url)
-    store = Store(database_url)
-    yield store
-    store.dispose()
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -13,32 +12,7 @@ from connectors.base import Class, Course, Enrollment, Org, Person
 from connectors.fake import FakeConnector
 from plugin.store import models
 from plugin.store.db import Store
-from tests.connectors.sync_support import top_up_schema
-
-NOW = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Store]:
-    top_up_schema(database_url)
-    store = Store(database_url)
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
-def district_id(db: Store) -> int:
-    with db.session() as session:
-        d = models.District(slug="north", name="North", settings={"match_on": ["sis_id", "email"]},
-                            created_at=NOW)
-        session.add(d)
-        session.flush()
-        return d.id
-
-
-def run(db: Store, district_id: int, connector: FakeConnector, **kw: object) -> sync.SyncRunResult:
-    kw.setdefault("now", NOW)
-    return sync.run_sync(db, district_id, connector.name, connector, **kw)  # type: ignore[arg-type]
+from tests.connectors.sync_support import NOW, run
 
 
 def sqlite_only(db: Store) -> None:

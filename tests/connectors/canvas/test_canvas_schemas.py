@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_load, validate
 
+from connectors.base import first_error
 from connectors.canvas import schemas
 from tests.connectors.canvas.canvas_support import FIXTURES, fixture
 
@@ -104,7 +105,7 @@ def test_malformed_rows_are_rejected_with_marshmallows_field_and_reason() -> Non
                 with pytest.raises(ValidationError) as got:
                     schemas.load(schema, row)
                 assert got.value.messages == expected.messages
-                reasons.append(schemas.first_error(got.value.messages))
+                reasons.append(first_error(got.value.messages))
     assert len(reasons) >= 2
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from marshmallow import ValidationError
 
-from connectors.base import Enrollment, Person
+from connectors.base import Enrollment, Person, first_error
 from connectors.oneroster import schemas as s
 
 
@@ -36,7 +36,7 @@ def test_user_roles_are_normalised(raw: str, role: str) -> None:
 def test_unknown_user_role_is_an_error_naming_the_field() -> None:
     with pytest.raises(ValidationError) as err:
         s.UserRowSchema().load({"sourcedId": "u", "role": "wizard"})
-    assert s.first_error(err.value.messages) == ("role", "unknown role 'wizard'")
+    assert first_error(err.value.messages) == ("role", "unknown role 'wizard'")
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_rest_reference_must_carry_a_sourced_id() -> None:
         s.EnrollmentSchema().load(
             {"sourcedId": "e1", "user": {"href": "x"}, "class": {"sourcedId": "c"}, "role": "student"}
         )
-    assert s.first_error(err.value.messages) == ("user", "expected a reference object with a sourcedId")
+    assert first_error(err.value.messages) == ("user", "expected a reference object with a sourcedId")
 
 
 def test_v1p2_user_prefers_the_primary_role_and_ignores_unknown_fields() -> None:
@@ -131,4 +131,4 @@ def test_v1p2_user_prefers_the_primary_role_and_ignores_unknown_fields() -> None
 def test_nested_errors_name_the_path() -> None:
     with pytest.raises(ValidationError) as err:
         s.UserSchema().load({"sourcedId": "u", "roles": [{"roleType": "primary", "role": "wizard"}]})
-    assert s.first_error(err.value.messages) == ("roles.0.role", "unknown role 'wizard'")
+    assert first_error(err.value.messages) == ("roles.0.role", "unknown role 'wizard'")
