@@ -481,6 +481,30 @@ def public_url(cfg: Mapping[str, Any]) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{cfg['server']['port']}"
 
 
+def create_private_file(path: Path, content: bytes) -> bool:
+    """Create ``path`` (readable by its owner only) holding ``content``, unless it exists; return whether created.
+
+    The file appears whole or not at all: it is written under a temporary name and linked into place, so processes
+    starting together agree on one file and none reads it half written.
+    """
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False  # another process created it first
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def secret_key(cfg: Mapping[str, Any], *, create: bool = True) -> str:
     """The Flask secret key; a file reference is created with a random key the first time."""
     ref = cfg["server"]["secret_key"]
@@ -491,9 +515,6 @@ def secret_key(cfg: Mapping[str, Any], *, create: bool = True) -> str:
         if not path.exists() and create:
             import secrets
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
+            create_private_file(path, secrets.token_urlsafe(48).encode())
         return resolve_secret(f"file:{path}", key="server.secret_key")
     return resolve_secret(ref, key="server.secret_key")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from connectors import outbox
 from connectors.sync import ROLE_GROUPS
-from plugin.config import ConfigError, resolve_secret
+from plugin.config import ConfigError, create_private_file, resolve_secret
 from plugin.store import models as m
 
 if TYPE_CHECKING:
@@ -143,14 +142,7 @@ def load_keyring(cfg: Mapping[str, Any], *, create: bool = False) -> Keyring:
         if not path.is_absolute():
             path = Path.cwd() / path
         if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process created it first
-            else:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(new_key() + "\n")
+            create_private_file(path, (new_key() + "\n").encode())
         ref = f"file:{path}"
     return Keyring(parse_keys(resolve_secret(ref, key="privacy.encryption_key")))
 

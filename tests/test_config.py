@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from plugin.config import ConfigError, load_config, public_url, resolve_secrets
+from plugin.config import ConfigError, create_private_file, load_config, public_url, resolve_secrets
 
 
 def _write(tmp_path, text):
@@ -109,3 +112,22 @@ def test_example_file_is_valid(monkeypatch):
         monkeypatch.setenv(name, "x")
     cfg = load_config(env={"TRAILMARK_CONFIG": str(example)})
     assert cfg["districts"] and cfg["sources"]
+
+
+def _make_key(path: str) -> tuple[bool, str]:
+    created = create_private_file(Path(path), os.urandom(16).hex().encode())
+    return created, Path(path).read_text()
+
+
+def test_processes_starting_together_agree_on_one_secret_file(tmp_path: Path) -> None:
+    """Several workers or schedulers started at once each find the key file whole, and the same one."""
+    import multiprocessing
+
+    path = tmp_path / "var" / "secret_key"
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        results = pool.map(_make_key, [str(path)] * 24)
+
+    assert sum(created for created, _ in results) == 1
+    assert {text for _, text in results} == {path.read_text()} and len(path.read_text()) == 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary files left behind

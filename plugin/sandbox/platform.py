@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plugin.config import create_private_file
 from plugin.lti.platforms import add_platform
 from plugin.lti.provision import namespace
 from plugin.store.models import (
@@ -129,16 +129,9 @@ def private_key(app: Flask) -> rsa.RSAPrivateKey:
         return cached
     path = _key_path(app)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-        except FileExistsError:
-            pass
+        create_private_file(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     assert isinstance(loaded, rsa.RSAPrivateKey)
     app.extensions["trailmark.sandbox_key"] = loaded
