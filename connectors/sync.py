@@ -15,7 +15,9 @@ the connector) and, batch by batch (5,000 records):
    alignments and results by their natural key. Two candidates, or a role clash, is a conflict: reported and
    skipped, never guessed;
 5. writes new rows and refs with multi-row ``INSERT`` statements (``COPY`` on PostgreSQL) and changed rows
-   with one ``executemany`` per table; ids are allocated up front, so nothing is read back.
+   with one ``executemany`` per table; ids are allocated up front, so nothing is read back. On SQLite the
+   refs of the rows a batch inserted are copied from those rows by one ``INSERT … SELECT`` (their
+   fingerprints bound as one blob), which binds a third of the parameters.
 
 Removals are tombstones (``status = "tobedeleted"``), never deletes. A ``Complete(kind, within)`` marker says
 a listing was whole; at the end of the stream, refs of that kind (within that parent) that the run did not
@@ -34,12 +36,15 @@ from syncing one source at once.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
 import logging
 import marshal
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import defaultdict, deque
@@ -89,6 +94,7 @@ COUNT_FIELDS = ("added", "updated", "unchanged", "tombstoned", "rejected")
 _INSERT_HEAD = ("id", "district_id", "sourced_id", "status", "updated_at")
 _REF_COLUMNS = ("id", "district_id", "kind", "namespace", "external_id", "entity_id", "fingerprint", "status",
                 "last_seen_run_id")
+_FP_WIDTH = 21  # a fingerprint (20 hex digits) and room for the PARTIAL mark
 
 # Kinds in the order a batch applies them: every parent kind before its children.
 KIND_ORDER = ("org", "academic_session", "course", "class", "person", "enrollment", "guardian_link", "module",
@@ -1136,15 +1142,55 @@ class _Apply:
         self.sql.executemany(self.update_stmts[kind], updates)
         if new:
             ref_ids = self.sql.allocate("external_ref", len(new), lock_source_id=self.source_id)
-            self.sql.insert("external_ref", _REF_COLUMNS, zip(  # noqa: B905 - repeat() is endless
-                ref_ids, same(district), same(kind), same(ns), sids, eids, fps[k:], same(ACTIVE), same(run_id)),
-                len(new))
+            new_fps = fps[k:]
+            if self._can_copy_refs(insert_eids):
+                # the refs of the rows just inserted are copied from them in SQL: one bound blob of fingerprints
+                m = len(new) - len(insert_eids)
+                if matched:
+                    self.sql.insert("external_ref", _REF_COLUMNS, zip(  # noqa: B905 - repeat() is endless
+                        ref_ids[:m], same(district), same(kind), same(ns), itertools.compress(sids, mine),
+                        itertools.compress(eids, mine), itertools.compress(new_fps, mine), same(ACTIVE),
+                        same(run_id)), m)
+                    new_fps = list(itertools.compress(new_fps, keep))
+                self._copy_refs(spec, ref_ids[m:], insert_eids, new_fps)
+            else:
+                self.sql.insert("external_ref", _REF_COLUMNS, zip(  # noqa: B905 - repeat() is endless
+                    ref_ids, same(district), same(kind), same(ns), sids, eids, new_fps, same(ACTIVE), same(run_id)),
+                    len(new))
             self.mark_seen(kind, ref_ids)
             self.added_refs[kind] += len(new)
         self.count(kind, "added", len(new) - len(matched))
         self.count(kind, "updated", len(changed) + len(matched))
         if matched:
             self.count(kind, "matched", len(matched))
+
+    def _can_copy_refs(self, eids: Sequence[int]) -> bool:
+        """SQLite: whether ``eids`` are one ascending run of ids (those a batch allocated), worth copying refs from."""
+        return (not self.sql.pg and len(eids) >= 64 and eids[-1] - eids[0] + 1 == len(eids)
+                and list(range(eids[0], eids[-1] + 1)) == eids)
+
+    def _copy_refs(self, spec: _Spec, ref_ids: range | list[int], eids: Sequence[int], fps: Sequence[str]) -> None:
+        """Insert this source's refs of the rows ``eids`` it just inserted, reading ids back from those rows.
+
+        Row ``eids[i]`` gets ref ``ref_ids[i]`` and fingerprint ``fps[i]``; its external id is its sourced_id
+        without the ``namespace:`` prefix. Per row this binds nothing: a third of what the ``VALUES`` form costs.
+        """
+        n = len(eids)
+        blob = "".join(fp.ljust(_FP_WIDTH) for fp in fps).encode("ascii")
+        if len(ref_ids) != n or len(blob) != n * _FP_WIDTH:
+            raise RuntimeError(f"ref copy of {spec.kind}: {len(ref_ids)} refs, {len(fps)} fingerprints, {n} rows")
+        table = self.sql.quote(spec.table.name)
+        count = self.sql.execute(
+            "INSERT INTO external_ref (id, district_id, kind, namespace, external_id, entity_id, fingerprint,"
+            " status, last_seen_run_id)"
+            f" SELECT ?1 + (id - ?2), district_id, ?4, ?5, substr(sourced_id, ?6), id,"
+            f" rtrim(CAST(substr(?7, (id - ?2) * {_FP_WIDTH} + 1, {_FP_WIDTH}) AS TEXT)), ?8, ?9"
+            f" FROM {table} WHERE id BETWEEN ?2 AND ?3 AND district_id = ?10",
+            (ref_ids[0], eids[0], eids[-1], spec.kind, self.ns, len(self.ns) + 2, blob, ACTIVE, self.run_id,
+             self.district_id))
+        if count != n:  # never a ref short: the run fails and rolls back instead
+            raise RuntimeError(f"ref copy of {spec.kind}: {count} refs written for {n} rows")
+        self.sql.inserted["external_ref"] += n
 
     def _note_references(self, spec: _Spec, cols: list[Sequence[Any]]) -> None:
         """Remember the rows these columns reference that this run did not create, to check before commit."""
@@ -1287,6 +1333,36 @@ class _Apply:
             classes.update(r[0] for r in self.sql.rows_in("SELECT class_id FROM activity", "", (), "id", activities,
                                                           type_="bigint"))
         return frozenset(classes)
+
+
+# --------------------------------------------------------------------------- the cycle collector
+
+# A run allocates hundreds of thousands of short-lived records and tuples, none of them in cycles; with the
+# default thresholds CPython runs a collection every 700 of them and a full one (over every object of the
+# process) a dozen times per import. While any run applies, collections are rarer; the thresholds in force
+# before the first run come back when the last one ends.
+_RUN_GC_THRESHOLD = (100_000, 50, 1_000)
+_gc_lock = threading.Lock()
+_gc_runs = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def _rare_collections() -> Iterator[None]:
+    global _gc_runs, _gc_saved
+    with _gc_lock:
+        if _gc_runs == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(*_RUN_GC_THRESHOLD)
+        _gc_runs += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs -= 1
+            if _gc_runs == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None
 
 
 # --------------------------------------------------------------------------- leases and health
@@ -1481,7 +1557,7 @@ def run_sync(
     changed: frozenset[int] = frozenset()
     heartbeat = _heartbeat(store, source_id, owner, now, lease_ttl, clock)
     try:
-        with store.bulk_session() as session:
+        with _rare_collections(), store.bulk_session() as session:
             source = session.get(models.Source, source_id)
             assert source is not None
             applier = _Apply(session, district_id=district_id, source=source, run_id=run_id, now=now,

@@ -476,6 +476,34 @@ def test_one_person_across_sources_by_sis_id(db: Store, district_id: int) -> Non
     assert writes.data() == [] and count(db, models.Person) == 1
 
 
+def test_a_large_batch_mixing_matched_and_new_people_gets_exact_refs(db: Store, district_id: int) -> None:
+    """Refs of rows a batch inserts are written in bulk; each one still names its own row and fingerprint."""
+    sis = FakeConnector("sis", [Person(f"s-{i}", "student", f"Ana{i}", "Diaz", sis_id=f"S{i}")
+                                for i in range(0, 300, 3)])
+    run(db, district_id, sis)
+    people = [Person(f"ü-{i}:x", "student", f"Ana{i}", "Diaz", sis_id=f"S{i}", email=f"a{i}@x.org") for i in range(300)]
+    lms = FakeConnector("lms:east", people)
+
+    result = run(db, district_id, lms, batch_size=1000)
+
+    assert result.counts["person"]["matched"] == 100 and result.counts["person"]["added"] == 200
+    with db.session() as session:
+        refs = {r.external_id: r for r in session.scalars(select(models.ExternalRef).where(
+            models.ExternalRef.namespace == "lms:east"))}
+        by_id = {p.id: p for p in session.scalars(select(models.Person))}
+    assert len(refs) == 300 and len({r.id for r in refs.values()}) == 300
+    fingerprint = sync.FINGERPRINTS[Person]
+    for p in people:
+        ref = refs[p.sourced_id]
+        row = by_id[ref.entity_id]
+        assert row.sis_id == p.sis_id and row.email == p.email
+        assert ref.fingerprint == fingerprint(p) and ref.status == "active" and ref.kind == "person"
+        assert row.sourced_id == (f"lms:east:{p.sourced_id}" if int(p.sis_id[1:]) % 3 else f"sis:s-{p.sis_id[1:]}")
+    with Writes(db) as writes:
+        again = run(db, district_id, lms, now=NOW + timedelta(hours=1))
+    assert writes.data() == [] and again.counts["person"]["unchanged"] == 300
+
+
 def test_fallback_match_on_email_and_conflicts_are_reported(db: Store, district_id: int) -> None:
     sis = FakeConnector("sis", [
         Person("t1", "teacher", "Tom", email="tom@x.org", sis_id="T1"),
@@ -628,3 +656,23 @@ def test_canonical_rows_are_never_deleted(db: Store, district_id: int) -> None:
     assert not [s for s in writes.statements if s.startswith("DELETE")]
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(models.Person)) == 11
+
+
+def test_collections_are_rarer_during_a_run_and_restored_after(db: Store, district_id: int) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    class Watching(FakeConnector):
+        def pull(self, scope=Scope.ALL, since=None):  # type: ignore[no-untyped-def]
+            seen.append(gc.get_threshold())
+            yield from super().pull(scope, since)
+
+    run(db, district_id, Watching("sis", sample_district()))
+    failing = Watching("other", sample_district())
+    failing.fail_after = 3
+    assert run(db, district_id, failing).status == sync.FAILED
+
+    assert seen == [sync._RUN_GC_THRESHOLD, sync._RUN_GC_THRESHOLD]
+    assert gc.get_threshold() == before
