@@ -77,6 +77,12 @@ def create_app(config: Mapping[str, Any] | None = None, *, env: Mapping[str, str
             resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
+    @app.get("/")
+    def home() -> str:
+        """What Trailmark is, the sandbox when it runs, and the addresses district IT registers in the LMS."""
+        return render_template("home.html", base=app.config["BASE_URL"],
+                               sandbox=app.config["SANDBOX_ENABLED"], admin="admin.home" in app.view_functions)
+
     @app.get("/healthz")
     def healthz() -> tuple[dict[str, str], int]:
         return {"status": "ok"}, 200

@@ -77,6 +77,19 @@ def test_sandbox_page_is_accessible_and_keyboard_navigable(page, live_server):
     shot(page, "sandbox")
 
 
+def test_home_page_is_accessible_and_leads_a_newcomer_to_a_launch(browser, live_server):
+    for width in (1100, 320):
+        context = browser.new_context(viewport={"width": width, "height": 800})
+        page = context.new_page()
+        page.goto(f"{live_server}/")
+        _axe_ok(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        shot(page, f"home-{width}")
+        page.get_by_role("link", name="Open the sandbox LMS").click()
+        page.get_by_role("link", name=re.compile("Teacher:")).wait_for()
+        context.close()
+
+
 def test_narrow_iframe_320px(browser, live_server):
     context = browser.new_context(viewport={"width": 320, "height": 640})
     page = context.new_page()

@@ -1,4 +1,4 @@
-"""JWKS publication and rotation, the Canvas developer-key JSON, health."""
+"""JWKS publication and rotation, the Canvas developer-key JSON, the home page, health."""
 
 from __future__ import annotations
 
@@ -55,6 +55,25 @@ def test_healthz(client):
 
 def test_pages_send_no_referrer(client):
     assert client.get("/sandbox").headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_home_page_leads_to_the_sandbox_and_lists_the_registration_addresses(client):
+    resp = client.get("/")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert 'href="/sandbox/"' in page and 'href="/admin/"' in page
+    for path in ("/lti/register", "/lti/login", "/lti/launch", "/lti/jwks", "/lti/config/canvas.json"):
+        assert f"http://localhost{path}" in page
+
+
+def test_home_page_without_sandbox_or_admin_links_to_neither(app_config):
+    from plugin.app import create_app
+
+    app_config["sandbox"] = {"enabled": False}
+    app_config["admin"] = {"enabled": False}
+    page = create_app(app_config, env={}).test_client().get("/").get_data(as_text=True)
+    assert "/sandbox" not in page and "/admin" not in page
+    assert "http://localhost/lti/register" in page
 
 
 def test_unknown_page_is_a_friendly_404(client):
