@@ -90,6 +90,16 @@ def test_home_page_is_accessible_and_leads_a_newcomer_to_a_launch(browser, live_
         context.close()
 
 
+def test_the_lms_frame_fits_the_panel_instead_of_scrolling_inside(page, live_server):
+    frame = _launch(page, live_server, "Teacher:")
+    frame.get_by_role("heading", name="Algebra I — Period 2").wait_for()
+    tool = _tool_frame(page)
+    content = tool.evaluate("document.body.scrollHeight")
+    assert content > page.evaluate("window.innerHeight")  # the teacher panel is taller than the window
+    page.wait_for_function("h => document.querySelector('iframe[name=trailmark]').clientHeight >= h", arg=content)
+    assert tool.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+
+
 def test_narrow_iframe_320px(browser, live_server):
     context = browser.new_context(viewport={"width": 320, "height": 640})
     page = context.new_page()
