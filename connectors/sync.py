@@ -1185,7 +1185,7 @@ class _Apply:
             " status, last_seen_run_id)"
             f" SELECT ?1 + (id - ?2), district_id, ?4, ?5, substr(sourced_id, ?6), id,"
             f" rtrim(CAST(substr(?7, (id - ?2) * {_FP_WIDTH} + 1, {_FP_WIDTH}) AS TEXT)), ?8, ?9"
-            f" FROM {table} WHERE id BETWEEN ?2 AND ?3 AND district_id = ?10",
+            f" FROM {table} WHERE id BETWEEN ?2 AND ?3 AND +district_id = ?10",  # by id, never by district
             (ref_ids[0], eids[0], eids[-1], spec.kind, self.ns, len(self.ns) + 2, blob, ACTIVE, self.run_id,
              self.district_id))
         if count != n:  # never a ref short: the run fails and rolls back instead
