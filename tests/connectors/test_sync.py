@@ -600,6 +600,26 @@ def test_a_missing_optional_parent_is_filled_in_later_without_rewriting_meanwhil
     assert writes.data() == []
 
 
+def test_a_large_batch_with_a_missing_parent_is_retried_once_the_parent_arrives(db: Store, district_id: int) -> None:
+    classes = [Class(f"k-{i}", f"Algebra {i}", school_sourced_id="school-9" if i % 2 else None) for i in range(100)]
+    fake = FakeConnector("lms", classes)
+    run(db, district_id, fake)
+    with db.session() as session:
+        stored = {r.external_id: r.fingerprint for r in session.scalars(select(models.ExternalRef))}
+    fingerprint = sync.FINGERPRINTS[Class]
+    assert stored == {c.sourced_id: fingerprint(c) + (sync.PARTIAL if c.school_sourced_id else "") for c in classes}
+
+    with Writes(db) as writes:
+        run(db, district_id, fake, now=NOW + timedelta(hours=1))
+    assert writes.data() == []
+    fake.records = [Org("school-9", "North High"), *classes]
+    later = run(db, district_id, fake, now=NOW + timedelta(hours=2))
+    assert later.counts["class"]["updated"] == 50 and later.counts["class"]["unchanged"] == 50
+    [school] = rows(db, models.Org)
+    assert {r.sourced_id: r.school_id for r in rows(db, models.Class)} == {
+        f"lms:{c.sourced_id}": school.id if c.school_sourced_id else None for c in classes}
+
+
 def test_on_applied_receives_the_changed_classes(db: Store, district_id: int) -> None:
     calls: list[tuple[int, frozenset[int]]] = []
     fake = FakeConnector("sis", sample_district(classes=2, students_per_class=2))
