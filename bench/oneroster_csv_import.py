@@ -12,6 +12,11 @@ the peak memory (RSS high-water mark) is the phase's own:
 
 It prints wall times, the ratio (b)/(a) (target ≤ 2.5×), peak RSS (target < 300 MB) and, for (c), the
 number of data statements (INSERT/UPDATE/DELETE outside the run's own SyncRun and lease bookkeeping).
+
+For the breakdown it also measures the parts of (b) that any import into this store has to do: the
+connector's pull alone (reading and validating every row through its schema), and the rows (b) wrote, read
+back and inserted again into a fresh store through the engine's own multi-row ``INSERT`` path — the canonical
+rows, and apart from them the source's identity refs.
 """
 
 from __future__ import annotations
@@ -115,6 +120,35 @@ def phase_connector(package: Path) -> dict[str, Any]:
             "items": items}
 
 
+def phase_rows(source_db: Path, db: Path) -> dict[str, Any]:
+    """For the breakdown: the rows the first import wrote, inserted again into the fresh store at ``db``."""
+    from connectors.sync import KIND_ORDER, SPECS, _Sql
+    from plugin.store.db import Store
+
+    src = sqlite3.connect(source_db)
+    tables = [SPECS[kind].table.name for kind in KIND_ORDER]
+    data = {}
+    for table in [*tables, "external_ref"]:
+        columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
+        data[table] = (columns, src.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall())
+    src.close()
+    store = Store(f"sqlite:///{db}")
+    times = {}
+    with store.bulk_session() as session:
+        sql = _Sql(session)
+        for group, names in (("canonical", tables), ("refs", ["external_ref"])):
+            started = time.perf_counter()
+            for table in names:
+                columns, rows = data[table]
+                sql.insert(table, columns, iter(rows), len(rows))
+            times[group] = time.perf_counter() - started
+        started = time.perf_counter()
+    times["commit"] = time.perf_counter() - started
+    store.dispose()
+    return {"seconds": sum(times.values()), **times,
+            "rows": {t: len(data[t][1]) for t in data if data[t][1]}}
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -183,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=1, help="measure each phase this many times (median)")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--phase", choices=["floor", "first", "second", "connector"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["floor", "first", "second", "connector", "rows"], help=argparse.SUPPRESS)
     parser.add_argument("--package", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--source-db", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.phase:  # a child process measuring one phase
@@ -193,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             out = phase_floor(args.package, args.db)
         elif args.phase == "connector":
             out = phase_connector(args.package)
+        elif args.phase == "rows":
+            out = phase_rows(args.source_db, args.db)
         else:
             out = phase_trailmark(args.package, args.db, second=args.phase == "second")
         print(json.dumps(out))
@@ -210,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{stats.classes:,} classes, {stats.enrollments:,} enrollments, {stats.guardian_links:,} guardian links "
           f"(generated in {time.perf_counter() - started:.1f} s)")
 
-    floors, firsts, seconds, pulls = [], [], [], []
+    floors, firsts, seconds, pulls, replays = [], [], [], [], []
     notes: list[str] = []
     for _ in range(args.repeat):
         floor_db, store_db = work / "floor.db", work / "trailmark.db"
@@ -221,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         firsts.append(_child("--phase", "first", "--package", str(package), "--db", str(store_db)))
         seconds.append(_child("--phase", "second", "--package", str(package), "--db", str(store_db)))
         pulls.append(_child("--phase", "connector", "--package", str(package)))
+        replay_db = work / "replay.db"
+        _remove_db(replay_db)
+        fresh_store(replay_db)
+        replays.append(_child("--phase", "rows", "--source-db", str(store_db), "--db", str(replay_db)))
     if notes:
         print("store: the migrations lag the models; before timing: " + "; ".join(notes))
 
@@ -245,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(c) Trailmark identical second import  {c:8.2f} s {cc:8.2f} s {med(seconds, 'rss_mb'):6.0f} MB   "
           f"{unchanged:,} unchanged, {changed} changed, {second['data_statements']} data statements")
     print(f"    the connector's pull alone         {p:8.2f} s {cp:8.2f} s {med(pulls, 'rss_mb'):6.0f} MB")
+    rows_canonical, rows_refs, rows_commit = (med(replays, k) for k in ("canonical", "refs", "commit"))
+    print(f"    (b)'s rows inserted again: canonical {rows_canonical:6.2f} s, identity refs {rows_refs:.2f} s, "
+          f"commit {rows_commit:.2f} s")
+    required = p + rows_canonical + rows_commit
+    print(f"    pull + canonical rows + commit = {required:.2f} s = {required / a:.2f}× (a): what is left of the "
+          f"2.5× budget for refs, fingerprints, parents, matching and bookkeeping: {max(2.5 * a - required, 0):.2f} s "
+          f"(they take {b - required:.2f} s)")
     print(f"(b)/(a) = {b / a:.2f}× wall, {cb / ca:.2f}× cpu (target ≤ 2.5×);  (c)/(b) = {c / b:.2f} wall, "
           f"{cc / cb:.2f} cpu (target ≤ 1);  peak RSS {max(med(firsts, 'rss_mb'), med(seconds, 'rss_mb')):.0f} MB "
           f"(target < 300 MB);  second import writes nothing: "
