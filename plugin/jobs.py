@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connectors import outbox, sync
 from connectors.base import ConfigurationError, Connector, Scope
@@ -37,6 +37,7 @@ log = logging.getLogger("trailmark.jobs")
 EXTENSION = "trailmark.scheduler"
 ON_APPLIED = "trailmark.on_applied"  # app.extensions key: called after a sync changed classes
 OUTBOX_SECONDS = 30
+REQUESTS_SECONDS = 15  # how often the scheduler looks for syncs asked for from the admin console
 FULL_EVERY = "24h"  # a delta-capable source is pulled in full at least this often
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d)\s*$")
 _UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days"}
@@ -96,6 +97,9 @@ def build_scheduler(app: Flask) -> BackgroundScheduler:
     seconds = int((trailmark.get("scheduler") or {}).get("outbox_seconds") or OUTBOX_SECONDS)
     scheduler.add_job(run_outbox_job, IntervalTrigger(seconds=seconds, timezone=UTC), args=(app,), id="outbox",
                       name="outbox", max_instances=1, coalesce=True, replace_existing=True)
+    scheduler.add_job(run_requested_syncs, IntervalTrigger(seconds=REQUESTS_SECONDS, timezone=UTC), args=(app,),
+                      id="sync-requests", name="syncs asked for", max_instances=1, coalesce=True,
+                      replace_existing=True)
     privacy.register_jobs(scheduler, app)  # the daily retention purge
     notify.register_jobs(scheduler, app)  # the daily learning recompute and the weekly digest
     return scheduler
@@ -325,6 +329,65 @@ def run_source_job(app: Flask, source_name: str) -> sync.SyncRunResult | None:
              result.status, result.total("added"), result.total("updated"), result.total("tombstoned"),
              result.total("rejected"), result.message)
     return result
+
+
+def run_requested_syncs(app: Flask, now: datetime | None = None) -> list[sync.SyncRunResult]:
+    """Run the syncs asked for from the admin console (paused sources too), one after another; never raise.
+
+    A request is taken (cleared by a conditional UPDATE, so two schedulers never both run it) only when its
+    source is not syncing already; otherwise it waits for the next poll. A run skipped after all (another
+    process took the lease in between) puts the request back.
+    """
+    results: list[sync.SyncRunResult] = []
+    try:
+        now = now or datetime.now(UTC)
+        names = {(c.get("district"), c.get("name")): c for c in source_configs(app) if c.get("enabled", True)}
+        store = get_store(app)
+        with store.session() as session:
+            waiting = session.execute(
+                select(models.Source.id, models.Source.name, models.District.slug, models.Source.sync_requested_at,
+                       models.Source.sync_requested_full, models.Source.sync_requested_by,
+                       models.Source.lock_expires_at)
+                .join(models.District, models.District.id == models.Source.district_id)
+                .where(models.Source.sync_requested_at.is_not(None))
+                .order_by(models.Source.sync_requested_at)).all()
+    except Exception:
+        log.exception("sync.requests.crashed")
+        return results
+    for source_id, name, slug, asked_at, full, by, lease in waiting:
+        if (slug, name) not in names:
+            continue  # no longer configured (or disabled): the request stays visible, nothing runs
+        if lease is not None and sync._aware(lease) > now:
+            continue  # syncing now: the request waits for the next poll
+        try:
+            if not _take_request(store, source_id, asked_at):
+                continue
+            log.info("sync.requested source=%s by=%s full=%s", name, by, full)
+            result = run_source(app, name, full=True if full else None, ignore_pause=True, now=now)
+            if result.status == sync.SKIPPED:
+                _put_back_request(store, source_id, asked_at, full, by)
+            results.append(result)
+            log.info("sync.requested.done source=%s status=%s %s", name, result.status, result.message)
+        except Exception:
+            log.exception("sync.requested.crashed source=%s", name)
+    return results
+
+
+def _take_request(store: Any, source_id: int, asked_at: datetime) -> bool:
+    with store.session() as session:
+        taken = session.execute(
+            update(models.Source).where(models.Source.id == source_id, models.Source.sync_requested_at == asked_at)
+            .values(sync_requested_at=None, sync_requested_by=None, sync_requested_full=False)
+            .execution_options(synchronize_session=False))
+        return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def _put_back_request(store: Any, source_id: int, asked_at: datetime, full: bool, by: str | None) -> None:
+    with store.session() as session:
+        session.execute(
+            update(models.Source).where(models.Source.id == source_id, models.Source.sync_requested_at.is_(None))
+            .values(sync_requested_at=asked_at, sync_requested_by=by, sync_requested_full=full)
+            .execution_options(synchronize_session=False))
 
 
 def run_outbox_job(app: Flask, now: datetime | None = None, limit: int = 200) -> outbox.DispatchReport | None:

@@ -84,6 +84,8 @@ def test_scheduler_registers_one_job_per_scheduled_source_and_the_outbox(app: An
     assert isinstance(found["sync:lms"].trigger, IntervalTrigger)
     assert found["sync:lms"].trigger.interval == timedelta(hours=1)
     assert found["outbox"].trigger.interval == timedelta(seconds=30)
+    assert found["sync-requests"].trigger.interval == timedelta(seconds=jobs.REQUESTS_SECONDS)
+    assert found["sync-requests"].func is jobs.run_requested_syncs
     for job in found.values():
         assert job.max_instances == 1 and job.coalesce is True
     assert found["sync:sis"].args == (app, "sis") and found["sync:sis"].func is jobs.run_source_job

@@ -219,6 +219,20 @@ def list_sources() -> Any:
     return service.list_sources(current_app, get_session(), _who().district_id, now=_now())
 
 
+@operation("POST", "/sources/{name}/sync", summary="Ask the scheduler to sync a source at its next poll "
+           "(a paused one too)", response=schemas.SyncRequestedOut, status=202, body=schemas.SyncRequestIn,
+           tag="sync")
+def request_sync(name: str) -> Any:
+    data = _body(schemas.SyncRequestIn) if request.get_data() else {"full": False}
+    session = get_session()
+    try:
+        requested = service.request_sync(current_app, session, _who(), name, full=data["full"], now=_now())
+    except ValueError as exc:
+        raise ApiError(409, "Conflict", str(exc)) from None
+    session.commit()
+    return requested
+
+
 @operation("GET", "/sync-runs", summary="Sync runs, newest first", response=schemas.SyncRunOut, many=True,
            params=(Parameter("source", "query", "string", "Only this source's runs"), *PAGE_PARAMS), tag="sync")
 def list_sync_runs() -> Any:

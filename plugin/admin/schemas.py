@@ -156,6 +156,8 @@ class SourceOut(Schema):
     consecutive_failures = fields.Integer(required=True)
     last_error = fields.String(allow_none=True)
     errors = fields.List(fields.Nested(SyncErrorOut))
+    sync_requested = fields.Nested("SyncRequestOut", allow_none=True,
+                                   metadata={"description": "a sync asked for and not started yet"})
 
 
 class OutboxItemOut(Schema):
@@ -183,6 +185,20 @@ class OutboxOut(Schema):
     dead = fields.List(fields.Nested(OutboxItemOut), required=True)
     pending = fields.List(fields.Nested(OutboxItemOut), required=True)
     cancelled = fields.List(fields.Nested(OutboxItemOut), required=True)
+
+
+class SyncRequestOut(Schema):
+    at = fields.String(required=True, metadata={"format": "date-time"})
+    by = fields.String(allow_none=True)
+    full = fields.Boolean(required=True)
+
+
+class SyncRequestedOut(SyncRequestOut):
+    source = fields.String(required=True)
+
+
+class SyncRequestIn(Schema):
+    full = fields.Boolean(load_default=False, metadata={"description": "a full reconciliation instead of a delta"})
 
 
 class RetriedOut(Schema):

@@ -184,9 +184,41 @@ def list_sources(app: Flask, session: Session, district_id: int, *, now: datetim
             "paused_until": _iso(paused) if paused and paused > now else None,
             "consecutive_failures": src.consecutive_failures if src else 0,
             "last_error": src.last_error if src else None,
+            "sync_requested": _request(src),
             "errors": [e for e in (last.errors or [])[:20] if isinstance(e, dict)] if last is not None else [],
         })
     return out
+
+
+def _request(src: m.Source | None) -> dict[str, Any] | None:
+    if src is None or src.sync_requested_at is None:
+        return None
+    return {"at": _iso(_aware(src.sync_requested_at)), "by": src.sync_requested_by, "full": src.sync_requested_full}
+
+
+def request_sync(app: Flask, session: Session, who: Principal, name: str, *, full: bool, now: datetime
+                 ) -> dict[str, Any]:
+    """Ask the scheduler to run one of the district's sources at its next poll (a paused source too); audited.
+
+    A request already waiting is kept (its time stays; asking for a full run makes it one).
+    """
+    slug = session.scalar(select(m.District.slug).where(m.District.id == who.district_id))
+    cfg = next((c for c in app.config.get("SOURCES") or [] if c.get("district") == slug and c.get("name") == name),
+               None)
+    if cfg is None:
+        raise NotFoundInDistrict(f"no source {name!r} is configured for this district")
+    if not cfg.get("enabled", True):
+        raise ValueError(f"source {name!r} is disabled in the district file; enable it there to sync it")
+    from connectors import sync
+
+    source = sync.ensure_source(session, who.district_id, name, str(cfg["kind"]), now, cfg.get("schedule"))
+    if source.sync_requested_at is None:
+        source.sync_requested_at = now
+    source.sync_requested_by = who.label or who.actor
+    source.sync_requested_full = bool(source.sync_requested_full or full)
+    audit(session, who, "admin.sync_requested", f"source:{name}", now=now, full=source.sync_requested_full)
+    session.flush()
+    return {"source": name, **(_request(source) or {})}
 
 
 def list_runs(session: Session, district_id: int, *, source: str | None = None, limit: int = PAGE,

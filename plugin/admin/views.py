@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, url_for
 from marshmallow import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from plugin.admin import auth, service
 from plugin.admin.schemas import InviteForm, PlatformForm, first_error
@@ -97,6 +98,20 @@ def _who() -> auth.Principal:
 
 def _back(endpoint: str, **values: Any) -> Response:
     return redirect(url_for(endpoint, ltik=g.get("ltik"), **values), code=303)  # type: ignore[return-value]
+
+
+def _act(action: Callable[[Session], Any], endpoint: str, done: str) -> Response:
+    """Run one admin action and go back to ``endpoint``: 404 for a row of another district (or none), 409 for an
+    action the row's state refuses, the action committed otherwise."""
+    session = get_session()
+    try:
+        action(session)
+    except LookupError:  # service.NotFoundInDistrict, an unknown key
+        abort(404)
+    except ValueError as exc:
+        abort(409, str(exc))
+    session.commit()
+    return _back(endpoint, done=done)
 
 
 def _page(template: str, **context: Any) -> str:
@@ -232,13 +247,8 @@ def _platform_error(message: str) -> Response:
 @bp.post("/platforms/<int:platform_id>/remove")
 @admin_page
 def remove_platform(platform_id: int) -> Any:
-    session = get_session()
-    try:
-        service.remove_platform(session, _who(), platform_id, now=_now())
-    except service.NotFoundInDistrict:
-        abort(404)
-    session.commit()
-    return _back("admin.platforms", done="platform-removed")
+    return _act(lambda session: service.remove_platform(session, _who(), platform_id, now=_now()),
+                "admin.platforms", "platform-removed")
 
 
 @bp.post("/platforms/invite")
@@ -261,6 +271,14 @@ def invite() -> Any:
 def sources() -> str:
     return _page("admin/sources.html",
                  sources=service.list_sources(current_app, get_session(), _who().district_id, now=_now()))
+
+
+@bp.post("/sources/<name>/sync")
+@admin_page
+def request_sync(name: str) -> Any:
+    full = request.form.get("full") == "1"
+    return _act(lambda session: service.request_sync(current_app, session, _who(), name, full=full, now=_now()),
+                "admin.sources", "sync-requested")
 
 
 @bp.get("/sync-runs")
@@ -292,15 +310,8 @@ def outbox() -> str:
 @bp.post("/outbox/<int:item_id>/retry")
 @admin_page
 def retry_item(item_id: int) -> Any:
-    session = get_session()
-    try:
-        service.retry_outbox_item(session, _who(), item_id, now=_now())
-    except service.NotFoundInDistrict:
-        abort(404)
-    except ValueError as exc:
-        abort(409, str(exc))
-    session.commit()
-    return _back("admin.outbox", done="retried")
+    return _act(lambda session: service.retry_outbox_item(session, _who(), item_id, now=_now()),
+                "admin.outbox", "retried")
 
 
 @bp.post("/outbox/retry-dead")
@@ -330,15 +341,7 @@ def rotate_key() -> Any:
 @bp.post("/keys/<kid>/retire")
 @admin_page
 def retire_key(kid: str) -> Any:
-    session = get_session()
-    try:
-        service.retire_key(session, _who(), kid, now=_now())
-    except LookupError:
-        abort(404)
-    except ValueError as exc:
-        abort(409, str(exc))
-    session.commit()
-    return _back("admin.keys", done="retired")
+    return _act(lambda session: service.retire_key(session, _who(), kid, now=_now()), "admin.keys", "retired")
 
 
 @bp.get("/config")

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -185,6 +186,10 @@ class Source(Base):
     # the sync lease: one run per source at a time, across processes (taken with a conditional UPDATE)
     lock_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lock_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # a run asked for from the admin console: the scheduler's next poll starts it and clears the request
+    sync_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sync_requested_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sync_requested_full: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from plugin import jobs
 from plugin.store.db import get_store
-from plugin.store.models import ApiToken, AuditEvent, OutboxItem, Person
+from plugin.store.models import ApiToken, AuditEvent, District, OutboxItem, Person
 from tests.admin.conftest import district_id
 from tests.connectors.sync_support import top_up_schema
 
@@ -186,6 +186,30 @@ def test_sources_and_sync_runs(client: Any, app: Any, make_token: Any) -> None:
     assert detail["counts"]["person"]["added"] >= 2
     assert client.get(f"/api/admin/sync-runs/{runs[0]['id']}",
                       headers=bearer(make_token("sandbox"))).status_code == 404
+
+
+@pytest.mark.usefixtures("sandbox_off")
+def test_a_sync_asked_for_through_the_api(client: Any, app: Any, make_token: Any) -> None:
+    from jsonschema import Draft202012Validator
+
+    token = make_token("north")
+    resp = client.post("/api/admin/sources/sis/sync", headers=bearer(token))
+    assert resp.status_code == 202 and resp.get_json()["full"] is False and resp.get_json()["by"] == "tests"
+    full = client.post("/api/admin/sources/sis/sync", json={"full": True}, headers=bearer(token))
+    assert full.status_code == 202 and full.get_json()["full"] is True
+    assert full.get_json()["at"] == resp.get_json()["at"]  # one request, made a full one
+    (source,) = client.get("/api/admin/sources", headers=bearer(token)).get_json()
+    doc = client.get("/api/admin/openapi.json").get_json()
+    schema = doc["paths"]["/sources"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    Draft202012Validator({**schema, "components": doc["components"]}).validate([source])
+    assert source["sync_requested"] == {k: v for k, v in full.get_json().items() if k != "source"}
+    bad = client.post("/api/admin/sources/sis/sync", json={"full": "yes please"}, headers=bearer(token))
+    assert bad.status_code == 400 and bad.get_json()["message"] == "Full: Not a valid boolean."
+    with get_store(app).session() as session:
+        session.add(District(slug="south", name="South", settings={}, created_at=datetime.now(UTC)))
+    assert client.post("/api/admin/sources/sis/sync", headers=bearer(make_token("south"))).status_code == 404
+    [result] = jobs.run_requested_syncs(app)
+    assert result.ok and result.source == "sis"
 
 
 @pytest.mark.usefixtures("sandbox_off")

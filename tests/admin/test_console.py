@@ -18,6 +18,7 @@ from tests.htmlforms import follow_sandbox_launch, parse
 SOURCES = [
     {"name": "sis", "kind": "fake", "district": "north", "schedule": "1h", "classes": 1, "students_per_class": 2},
     {"name": "down", "kind": "fake", "district": "north", "schedule": "*/30 * * * *", "fail_after": 0},
+    {"name": "off", "kind": "fake", "district": "north", "enabled": False},
 ]
 
 
@@ -269,6 +270,64 @@ def test_sources_show_last_and_next_sync_and_errors(client: Any, app: Any, local
     run_id = int(parse(runs).links[-1]["href"].split("/sync-runs/")[1].split("?")[0])
     assert client.get(f"/admin/sync-runs/{run_id}").status_code == 200
     assert "added" in client.get("/admin/sync-runs?source=sis").get_data(as_text=True)
+
+
+@pytest.mark.usefixtures("sandbox_off")
+def test_sync_now_is_started_by_the_scheduler_even_for_a_paused_source(client: Any, app: Any,
+                                                                     local_admin: str) -> None:
+    assert not jobs.run_source(app, "down").ok  # now paused
+    app.config["SOURCES"][1] = {**app.config["SOURCES"][1], "fail_after": None}  # the source is back
+    sign_in(client, local_admin)
+    html = client.get("/admin/sources").get_data(as_text=True)
+    assert "Resume and sync now" in html and "Sync now" in html
+    assert "/admin/sources/off/sync" not in html  # disabled in the district file: no button
+    csrf = csrf_of(html)
+    assert client.post("/admin/sources/down/sync", data={}).status_code == 400  # no CSRF token
+    resp = client.post("/admin/sources/down/sync", data={"csrf_token": csrf, "full": "1"})
+    assert resp.status_code == 303 and "done=sync-requested" in resp.headers["Location"]
+    again = client.post("/admin/sources/down/sync", data={"csrf_token": csrf})  # a second click keeps one request
+    assert again.status_code == 303
+    html = client.get("/admin/sources?done=sync-requested").get_data(as_text=True)
+    assert "Sync requested: the scheduler starts it" in html
+    assert "Full sync requested by" in html and "waiting for the scheduler" in html
+    assert [e.detail["full"] for e in audits(app, "admin.sync_requested")] == [True, True]
+
+    [result] = jobs.run_requested_syncs(app)
+
+    assert result.ok and result.source == "down"
+    assert jobs.run_requested_syncs(app) == []  # taken once
+    html = client.get("/admin/sources").get_data(as_text=True)
+    assert "waiting for the scheduler" not in html and "Paused until" not in html
+
+
+@pytest.mark.usefixtures("sandbox_off")
+def test_sync_now_refuses_unknown_disabled_and_other_districts_sources(client: Any, app: Any,
+                                                                        local_admin: str) -> None:
+    sign_in(client, local_admin)
+    csrf = csrf_of(client.get("/admin/sources").get_data(as_text=True))
+    assert client.post("/admin/sources/nowhere/sync", data={"csrf_token": csrf}).status_code == 404
+    refused = client.post("/admin/sources/off/sync", data={"csrf_token": csrf})
+    assert refused.status_code == 409 and "disabled in the district file" in refused.get_data(as_text=True)
+    assert audits(app, "admin.sync_requested") == []
+
+
+def test_a_request_waits_while_its_source_is_syncing(app: Any) -> None:
+    from connectors import sync
+    from plugin.store.models import Source
+
+    jobs.ensure_rows(app, app.config["SOURCES"][0], datetime.now(UTC))
+    now = datetime.now(UTC)
+    with get_store(app).session() as session:
+        source = session.scalars(select(Source).where(Source.name == "sis")).one()
+        source.sync_requested_at, source.sync_requested_by = now, "IT"
+        assert sync.acquire_lease(session, source.id, "another-host:1", now)
+    assert jobs.run_requested_syncs(app, now=now) == []
+    with get_store(app).session() as session:
+        source = session.scalars(select(Source).where(Source.name == "sis")).one()
+        assert source.sync_requested_at is not None  # still waiting
+        sync.release_lease(session, source.id, "another-host:1")
+    [result] = jobs.run_requested_syncs(app, now=now)
+    assert result.ok
 
 
 @pytest.mark.usefixtures("sandbox_off")

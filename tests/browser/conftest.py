@@ -32,7 +32,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def live_server(database_url, tmp_path):
+def live_config():
+    """Settings a test module adds to the live server's configuration (override to add sources, say)."""
+    return {}
+
+
+@pytest.fixture
+def live_server(database_url, tmp_path, live_config):
     from plugin.app import create_app
     from plugin.cli import bootstrap
 
@@ -44,6 +50,7 @@ def live_server(database_url, tmp_path):
         "database": {"url": database_url},
         "sandbox": {"enabled": True, "key_path": str(tmp_path / "sandbox.pem")},
         "scheduler": {"enabled": False},
+        **live_config,
     }, env={})
     bootstrap(app)
     server = make_server("127.0.0.1", port, app, threaded=True)
