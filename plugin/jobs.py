@@ -335,8 +335,8 @@ def run_requested_syncs(app: Flask, now: datetime | None = None) -> list[sync.Sy
     """Run the syncs asked for from the admin console (paused sources too), one after another; never raise.
 
     A request is taken (cleared by a conditional UPDATE, so two schedulers never both run it) only when its
-    source is not syncing already; otherwise it waits for the next poll. A run skipped after all (another
-    process took the lease in between) puts the request back.
+    source is not syncing already; otherwise it waits for the next poll. A run skipped because another
+    process took the lease in between puts the request back; one skipped for any other reason (logged) ends it.
     """
     results: list[sync.SyncRunResult] = []
     try:
@@ -364,7 +364,7 @@ def run_requested_syncs(app: Flask, now: datetime | None = None) -> list[sync.Sy
                 continue
             log.info("sync.requested source=%s by=%s full=%s", name, by, full)
             result = run_source(app, name, full=True if full else None, ignore_pause=True, now=now)
-            if result.status == sync.SKIPPED:
+            if result.status == sync.SKIPPED and _syncing(store, source_id, now):
                 _put_back_request(store, source_id, asked_at, full, by)
             results.append(result)
             log.info("sync.requested.done source=%s status=%s %s", name, result.status, result.message)
@@ -380,6 +380,12 @@ def _take_request(store: Any, source_id: int, asked_at: datetime) -> bool:
             .values(sync_requested_at=None, sync_requested_by=None, sync_requested_full=False)
             .execution_options(synchronize_session=False))
         return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def _syncing(store: Any, source_id: int, now: datetime) -> bool:
+    with store.session() as session:
+        lease = session.scalar(select(models.Source.lock_expires_at).where(models.Source.id == source_id))
+    return lease is not None and sync._aware(lease) > now
 
 
 def _put_back_request(store: Any, source_id: int, asked_at: datetime, full: bool, by: str | None) -> None:

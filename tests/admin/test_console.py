@@ -330,6 +330,42 @@ def test_a_request_waits_while_its_source_is_syncing(app: Any) -> None:
     assert result.ok
 
 
+def test_a_skipped_requested_run_is_asked_again_only_if_another_process_was_syncing(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import sync
+    from plugin.store.models import Source
+
+    now = datetime.now(UTC)
+    jobs.ensure_rows(app, app.config["SOURCES"][0], now)
+
+    def request() -> None:
+        with get_store(app).session() as session:
+            session.scalars(select(Source).where(Source.name == "sis")).one().sync_requested_at = now
+
+    def waiting() -> bool:
+        with get_store(app).session() as session:
+            return session.scalars(select(Source).where(Source.name == "sis")).one().sync_requested_at is not None
+
+    def skipped_by_a_lease(_app: Any, name: str, **_kw: Any) -> sync.SyncRunResult:
+        with get_store(app).session() as session:
+            source_id = session.scalars(select(Source.id).where(Source.name == name)).one()
+            sync.acquire_lease(session, source_id, "another-host:1", now)
+        return sync.SyncRunResult(sync.SKIPPED, name, message="already syncing")
+
+    request()
+    monkeypatch.setattr(jobs, "run_source", skipped_by_a_lease)
+    jobs.run_requested_syncs(app, now=now)
+    assert waiting()  # the other run holds the lease: asked again at a later poll
+
+    with get_store(app).session() as session:
+        sync.release_lease(session, session.scalars(select(Source.id).where(Source.name == "sis")).one(),
+                           "another-host:1")
+    monkeypatch.setattr(jobs, "run_source", lambda _app, name, **_kw: sync.SyncRunResult(
+        sync.SKIPPED, name, message="source 'sis' cannot read content"))
+    jobs.run_requested_syncs(app, now=now)
+    assert not waiting()  # skipped for a reason of its own: the request ends instead of coming back forever
+
+
 @pytest.mark.usefixtures("sandbox_off")
 def test_configuration_check_page(client: Any, local_admin: str) -> None:
     sign_in(client, local_admin)
