@@ -31,7 +31,7 @@ from connectors.base import Capability, ConfigurationError, MessageWrite
 from connectors.registry import connector_class
 from plugin.config import ALERT_AUDIENCES, AlertMessagesSchema
 from plugin.learning.alerts import AlertKind, Audience
-from plugin.progress import RecomputeSummary, _write_target
+from plugin.progress import WRITE_SOURCE_KINDS, RecomputeSummary, _write_target
 from plugin.store import models as m
 from plugin.store import queries
 
@@ -227,7 +227,10 @@ def message_key(alert_id: int, level: int, audience: Audience | str) -> str:
 
 def _can_message(target: m.Source | m.Platform) -> bool:
     """Whether the connector behind a write target declares it can send messages (LTI Advantage cannot)."""
-    kind = target.kind if isinstance(target, m.Source) else "lti"
+    return _kind_can_message(target.kind if isinstance(target, m.Source) else "lti")
+
+
+def _kind_can_message(kind: str) -> bool:
     try:
         cls = connector_class(kind)
     except ConfigurationError:
@@ -427,6 +430,39 @@ def delivery(session: Session, district_id: int, levels: Mapping[int, int]) -> d
         out[aid] = AlertDelivery(level, tuple(sorted(by_level[level], key=lambda d: order.get(d.audience, 9))))
     return out
 
+
+
+def not_sent_reasons(session: Session, district_id: int, class_id: int, alerts: Sequence[tuple[int, str, int]]
+                     ) -> dict[int, str]:
+    """For alerts (id, kind, level) of one class with no LMS message, say why, in the teacher's words."""
+    if not alerts:
+        return {}
+    try:
+        settings = MessageSettings.of(session.scalar(select(m.District.settings).where(m.District.id == district_id)))
+    except ValidationError:
+        return {aid: "Not sent: the district's alert message settings are invalid" for aid, _k, _l in alerts}
+    out = {aid: "Off for this alert in the district's settings" for aid, kind, level in alerts
+           if not settings.audiences(kind, level)}
+    rest = [aid for aid, _k, _l in alerts if aid not in out]
+    if rest:
+        out.update(dict.fromkeys(rest, _route_reason(session, district_id, class_id)))
+    return out
+
+
+def _route_reason(session: Session, district_id: int, class_id: int) -> str:
+    """What stands between a class's alerts and the LMS, read in one query (``_write_target``'s order)."""
+    ref, source = m.ExternalRef, m.Source
+    routes = session.execute(
+        select(ref.namespace, source.kind)
+        .outerjoin(source, (source.district_id == ref.district_id) & (source.name == ref.namespace))
+        .where(ref.district_id == district_id, ref.kind == "class", ref.entity_id == class_id,
+               ref.status == "active")).all()
+    kind = next((k for _ns, k in routes if k in WRITE_SOURCE_KINDS), None)
+    if kind is None and any(ns.startswith("lti:") for ns, _k in routes):
+        kind = "lti"  # launched from an LTI platform, written to through LTI Advantage
+    if kind is None:
+        return "Not sent: the class has no LMS connection to send through"
+    return "Not sent yet" if _kind_can_message(kind) else "Not sent: this LMS connection cannot send messages"
 
 
 WITHDRAWN = "the alert was resolved before the message went out"

@@ -396,6 +396,9 @@ def _queue_check_posts(session: Session, district_id: int, posts: list[tuple[int
     return queued
 
 
+WRITE_SOURCE_KINDS = ("canvas", "moodle", "lti")  # sources a class's scores and messages are written back to
+
+
 def _write_target(session: Session, district_id: int, class_id: int) -> tuple[Any, str] | None:
     """Where a class's scores go: the source the class came from, else the LTI platform it was launched from."""
     refs = session.execute(select(m.ExternalRef.namespace).where(
@@ -403,7 +406,7 @@ def _write_target(session: Session, district_id: int, class_id: int) -> tuple[An
         m.ExternalRef.status == "active")).scalars().all()
     sources = {s.name: s for s in session.scalars(select(m.Source).where(m.Source.district_id == district_id))}
     for ns in refs:
-        if ns in sources and sources[ns].kind in ("canvas", "moodle", "lti"):
+        if ns in sources and sources[ns].kind in WRITE_SOURCE_KINDS:
             return sources[ns], ns
     for ns in refs:
         if ns.startswith("lti:"):

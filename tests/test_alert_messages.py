@@ -18,7 +18,7 @@ from connectors import outbox
 from connectors.canvas import CanvasConnector
 from connectors.moodle import MoodleConnector
 from plugin import alert_messages
-from plugin.alert_messages import AlertFacts, MessageSettings, compose, message_key
+from plugin.alert_messages import AlertFacts, MessageSettings, compose, message_key, not_sent_reasons
 from plugin.config import ConfigError, load_config
 from plugin.learning.alerts import AlertKind, Audience
 from plugin.progress import recompute
@@ -379,6 +379,10 @@ def test_a_class_without_an_lms_queues_nothing_and_says_so(store: Store) -> None
     assert summary.messages_held == [f"class {world.class_id} (Algebra I - Period 2): 2 alerts not sent through an "
                                      "LMS: the class has no LMS source or platform to write to"]
     assert run(store, world, OCT_3).messages_held == []  # said once per alert and level
+    with store.session() as s:  # and the teacher's inbox says why
+        pairs = [(a.id, a.kind, a.level) for a in alerts(store)]
+        reasons = not_sent_reasons(s, world.district_id, world.class_id, pairs)
+    assert set(reasons.values()) == {"Not sent: the class has no LMS connection to send through"}
 
 
 def test_an_lti_only_platform_cannot_message(store: Store) -> None:
@@ -388,6 +392,10 @@ def test_an_lti_only_platform_cannot_message(store: Store) -> None:
     assert summary.messages_queued == 0 and items(store) == []
     assert summary.messages_held == [f"class {world.class_id} (Algebra I - Period 2): 2 alerts not sent through an "
                                      "LMS: LTI platform 'North LMS' cannot send messages"]
+    with store.session() as s:
+        reasons = not_sent_reasons(s, world.district_id, world.class_id,
+                                   [(a.id, a.kind, a.level) for a in alerts(store)])
+    assert set(reasons.values()) == {"Not sent: this LMS connection cannot send messages"}
 
 
 def test_an_lti_source_cannot_message(store: Store) -> None:
@@ -524,4 +532,11 @@ def test_alerts_inbox_shows_what_went_through_the_lms(client: Any) -> None:
     assert "Teacher: sent" in section
     assert "Parent: failed (RemoteRejected: user 9 blocked messages)" in section
     assert "Teacher: queued" in section
-    assert "Not sent" in section  # the third alert has no message
+    # the third alert has no message: the sandbox LMS is reached through LTI Advantage, which has no messaging
+    assert "Not sent: this LMS connection cannot send messages" in section
+    with store.session() as s:
+        district = s.get(m.District, first.district_id)
+        district.settings = {**(district.settings or {}), "alert_messages": {"teacher": {"kinds": ["behind"]}}}
+    html = client.get(page_url).get_data(as_text=True)
+    section = html[html.index('id="alerts"'):html.index("</section>", html.index('id="alerts"'))]
+    assert "Off for this alert in the district&#39;s settings" in section  # far ahead: teachers hear only of behind

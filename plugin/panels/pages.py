@@ -58,7 +58,9 @@ def class_page(session: Session, district_id: int, class_id: int, *, today: date
         "klass": info, "students": students, "modules": modules, "columns": columns,
         "module_groups": module_groups, "rows": rows, "sort": sort, "bands": present.BANDS,
         "alerts": present.alert_views(alerts, by_id, today), "chart": chart, "chart_rows": chart_rows,
-        "alert_delivery": alert_messages.delivery(session, district_id, {a.id: a.level for a in alerts}),
+        "alert_delivery": (delivered := alert_messages.delivery(session, district_id, {a.id: a.level for a in alerts})),
+        "alert_not_sent": alert_messages.not_sent_reasons(session, district_id, class_id, [
+            (a.id, a.kind, a.level) for a in alerts if a.id not in delivered]),
         "plan": plan, "plan_lines": present.plan_lines(plan, modules), "counts": counts,
         "groups": present.groups_for(students, columns, scores),
         "overrides": present.override_views(overrides, by_id, module_by_id),
