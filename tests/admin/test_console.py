@@ -291,6 +291,8 @@ def test_sync_now_is_started_by_the_scheduler_even_for_a_paused_source(client: A
     assert "Sync requested: the scheduler starts it" in html
     assert "Full sync requested by" in html and "waiting for the scheduler" in html
     assert [e.detail["full"] for e in audits(app, "admin.sync_requested")] == [True, True]
+    overview = client.get("/admin/").get_data(as_text=True)
+    assert "waiting for the scheduler" in overview and "Sources: errors, and Sync now" in overview
 
     [result] = jobs.run_requested_syncs(app)
 
