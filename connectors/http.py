@@ -113,17 +113,23 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def _pairs(params: Any) -> Any:
+    """The (key, value) pairs of query parameters given as a mapping or a list of pairs; ``None`` otherwise."""
+    if isinstance(params, Mapping):
+        return params.items()
+    if isinstance(params, (list, tuple)):
+        return params
+    return None
+
+
 def encode_params(params: Any) -> str | None:
     """Return ``params`` (a mapping or a list of pairs) as a query string, as requests encodes them.
 
     ``None`` for any other shape, which is then left to requests. Equal to requests' own encoding (list
     values repeat the key, ``None`` values are dropped, text is UTF-8) without its per-call type probing.
     """
-    if isinstance(params, Mapping):
-        pairs: Any = params.items()
-    elif isinstance(params, (list, tuple)):
-        pairs = params
-    else:
+    pairs = _pairs(params)
+    if pairs is None:
         return None
     result: list[tuple[Any, Any]] = []
     for key, values in pairs:
@@ -141,11 +147,8 @@ _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
 def _params_key(params: Any) -> tuple[Any, ...] | None:
     """Return a key equal only for parameters that encode alike (types included), or ``None``."""
-    if isinstance(params, Mapping):
-        pairs: Any = params.items()
-    elif isinstance(params, (list, tuple)):
-        pairs = params
-    else:
+    pairs = _pairs(params)
+    if pairs is None:
         return None
     key: list[Any] = []
     for pair in pairs:

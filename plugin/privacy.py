@@ -167,15 +167,18 @@ def init_app(app: Flask) -> None:
     _default_erasures = erasures
 
 
+def _extension(app: Flask | None, key: str, default: Any) -> Any:
+    """``app``'s extension ``key``; without an app, the current app's, or outside one ``default``."""
+    if app is not None:
+        return app.extensions.get(key)
+    from flask import current_app, has_app_context
+
+    return current_app.extensions.get(key) if has_app_context() else default
+
+
 def keyring(app: Flask | None = None) -> Keyring:
     """The keyring of ``app`` (or the current app; outside an app, the last one created)."""
-    ring: Keyring | ConfigError | None
-    if app is None:
-        from flask import current_app, has_app_context
-
-        ring = current_app.extensions.get(KEY_EXTENSION) if has_app_context() else _default_ring
-    else:
-        ring = app.extensions.get(KEY_EXTENSION)
+    ring: Keyring | ConfigError | None = _extension(app, KEY_EXTENSION, _default_ring)
     if ring is None:
         raise ConfigError("privacy.encryption_key: no keys are loaded (the app was not created)")
     if isinstance(ring, ConfigError):
@@ -387,13 +390,7 @@ class ErasureCheck:
 
 def erasure_list(app: Flask | None = None) -> ErasureList:
     """The erasure list of ``app`` (or the current app; outside an app, the last one created)."""
-    erasures: ErasureList | None
-    if app is None:
-        from flask import current_app, has_app_context
-
-        erasures = current_app.extensions.get(ERASURES_EXTENSION) if has_app_context() else _default_erasures
-    else:
-        erasures = app.extensions.get(ERASURES_EXTENSION)
+    erasures: ErasureList | None = _extension(app, ERASURES_EXTENSION, _default_erasures)
     if erasures is None:
         raise ConfigError("the erasure list needs server.secret_key, and no app was created to read it")
     return erasures

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +23,7 @@ from connectors import sync
 from connectors.fake import FakeConnector, sample_district
 from plugin.store.db import Store
 from plugin.store.models import District
-from tests.gunicorn_server import HTTP_TIMEOUT, Served, serve
-
-WAIT = 20.0
+from tests.gunicorn_server import HTTP_TIMEOUT, WAIT, Served, serve, wait_for
 
 
 @pytest.fixture
@@ -60,17 +57,6 @@ def refuse(served: Served) -> str:
     resp = served.post_launch(requests.Session(), "never-issued", "x.y.z")
     assert resp.status_code >= 400
     return resp.headers["X-Trailmark-Worker"]
-
-
-def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def sync_once(database_url: str) -> None:

@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,7 @@ from sqlalchemy import create_engine, text
 
 from plugin.config import ConfigError, load_config
 from plugin.serve import ServeError, check_bind, gunicorn_options, with_worker_header
-from tests.gunicorn_server import ROOT, TRAILMARK, serve
-
-WAIT = 20.0
-
-
-def wait_for(condition: Any, what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
+from tests.gunicorn_server import ROOT, TRAILMARK, WAIT, serve, wait_for
 
 # --------------------------------------------------------------------------- options and errors
 

@@ -128,6 +128,19 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+@contextlib.contextmanager
+def _committed(session: Session) -> Iterator[Session]:
+    """Yield ``session``; commit it on success, roll it back on error, close it either way."""
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 class Store:
     """Holds the engine and session factory of one app (or CLI run)."""
 
@@ -142,15 +155,8 @@ class Store:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A session committed on success and rolled back on error."""
-        session = self.sessions()
-        try:
+        with _committed(self.sessions()) as session:
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     @contextlib.contextmanager
     def bulk_session(self, *, cache_kib: int = SQLITE_BULK_CACHE_KIB) -> Iterator[Session]:
@@ -170,15 +176,10 @@ class Store:
             # outside any transaction (SQLite ignores the foreign_keys pragma inside one)
             raw.execute("PRAGMA foreign_keys = OFF")
             raw.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
-            session = self.sessions(bind=conn)
             try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+                with _committed(self.sessions(bind=conn)) as session:
+                    yield session
             finally:
-                session.close()
                 try:
                     if conn.in_transaction():
                         conn.rollback()
